@@ -1,0 +1,471 @@
+"""AlexNet (Krizhevsky, Sutskever and Hinton, NIPS 2012) as pure Flax linen modules.
+
+This module imports only jax, numpy and flax: other JAX projects can ``import
+alexnet_jax.model`` without pulling in TensorFlow, the input pipeline or training code.
+
+The network (input NHWC float images of 227x227x3, output logits)::
+
+    conv1  96 @ 11x11x3, stride 4, valid, ReLU         55x55x96
+    norm1  LRN (groups=2), pool1 max 3x3/2              27x27x96
+    conv2  256 @ 5x5x48, 2 groups, pad 2, ReLU          27x27x256
+    norm2  LRN (groups=2), pool2 max 3x3/2              13x13x256
+    conv3  384 @ 3x3x256, pad 1, ReLU (sees both towers) 13x13x384
+    conv4  384 @ 3x3x192, 2 groups, pad 1, ReLU         13x13x384
+    conv5  256 @ 3x3x192, 2 groups, pad 1, ReLU         13x13x256
+    pool5  max 3x3/2                                     6x6x256
+    fc6    9216 -> 4096, ReLU, dropout 0.5
+    fc7    4096 -> 4096, ReLU, dropout 0.5
+    fc8    4096 -> num_classes (logits; no softmax)
+    60,965,224 parameters for 1000 classes.
+
+Parameter layout (a public contract: weight converters and ``alexnet_jax.layout`` rely on it)
+-------------------------------------------------------------------------------------------
+``params = {'conv1': {'kernel', 'bias'}, ..., 'conv5': ..., 'fc6': ..., 'fc7': ..., 'fc8': ...}``
+
+* Conv kernels are HWIO. A grouped conv's kernel is stored as ``(kh, kw, in_channels // groups,
+  out_channels)``, exactly the layout of ``lax.conv_general_dilated(..., feature_group_count=2)``
+  and of ``flax.linen.Conv(feature_group_count=2)``: output channels ``[0:out/2]`` belong to
+  tower 0 and see input channels ``[0:in/2]``; ``[out/2:out]`` belong to tower 1.
+* Dense kernels are ``(in, out)``. fc6's input is the flatten of the (6, 6, 256) map in HWC
+  order (row-major over height, width, channel).
+* Biases are ``(out,)``.
+
+Splitting every kernel's output axis in two gives each tower's weights: this is how the paper's
+two GPUs held the network and how ``alexnet_jax.layout`` places it on a ``model`` mesh axis.
+
+Model parallelism
+-----------------
+With ``model_axis`` set, the module runs inside ``jax.shard_map`` on one shard of a mesh axis and
+expects the local shard of every kernel (output features divided by the axis size). Which layers
+are split is chosen by ``model_parallel_convs`` (the paper's two towers: conv layers split, each
+device holding one tower) and ``model_parallel_fcs`` (fully-connected layers split). Activations
+cross devices only where the paper's GPUs exchanged them: at conv3's input, at the inputs of
+fc6, fc7 and fc8, and for the logits. With convs replicated and fcs split (Krizhevsky 2014,
+"one weird trick") the batch is gathered over ``model_axis`` before fc6 instead.
+
+The model returns logits: softmax belongs to the loss (``optax.softmax_cross_entropy``) and to
+prediction helpers such as :func:`predict_probabilities`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+
+NUM_PARAMS_1000_CLASSES = 60_965_224
+
+
+# --------------------------------------------------------------------------------------------
+# Local response normalisation
+# --------------------------------------------------------------------------------------------
+def lrn_window(size: int) -> tuple[int, int]:
+  """Channels before and after ``c`` in the window of channel ``c``: ``(size // 2, (size - 1) // 2)``.
+
+  For odd sizes (the paper's 5) this is the symmetric window ``c - 2 .. c + 2``. For even sizes it
+  follows PyTorch and Caffe (one more channel before than after).
+  """
+  return size // 2, (size - 1) // 2
+
+
+def _band_matrix(channels: int, size: int, groups: int) -> np.ndarray:
+  """(C, C) 0/1 matrix: ``B[j, c] = 1`` when channel j is in channel c's window and group."""
+  before, after = lrn_window(size)
+  idx = np.arange(channels)
+  group = idx // (channels // groups)
+  diff = idx[:, None] - idx[None, :]  # j - c
+  inside = (diff >= -before) & (diff <= after) & (group[:, None] == group[None, :])
+  return inside.astype(np.float32)
+
+
+def _window_sum_matmul(sq: Array, size: int, groups: int) -> Array:
+  band = jnp.asarray(_band_matrix(sq.shape[-1], size, groups), dtype=sq.dtype)
+  return jnp.dot(sq, band, precision=lax.Precision.HIGHEST)
+
+
+def _window_sum_reduce_window(sq: Array, size: int, groups: int) -> Array:
+  before, after = lrn_window(size)
+  shape = sq.shape
+  grouped = sq.reshape(shape[:-1] + (groups, shape[-1] // groups))
+  nd = grouped.ndim
+  summed = lax.reduce_window(
+      grouped, 0.0, lax.add,  # Python-scalar init: reduce_window only differentiates this way.
+      window_dimensions=(1,) * (nd - 1) + (size,),
+      window_strides=(1,) * nd,
+      padding=((0, 0),) * (nd - 1) + ((before, after),))
+  return summed.reshape(shape)
+
+
+def _window_sum_cumsum(sq: Array, size: int, groups: int) -> Array:
+  before, after = lrn_window(size)
+  shape = sq.shape
+  grouped = sq.reshape(shape[:-1] + (groups, shape[-1] // groups))
+  pad = [(0, 0)] * (grouped.ndim - 1) + [(before + 1, after)]
+  csum = jnp.cumsum(jnp.pad(grouped, pad), axis=-1)
+  summed = csum[..., size:] - csum[..., :-size]
+  return summed.reshape(shape)
+
+
+def _window_sum_shifted(sq: Array, size: int, groups: int) -> Array:
+  before, after = lrn_window(size)
+  shape = sq.shape
+  grouped = sq.reshape(shape[:-1] + (groups, shape[-1] // groups))
+  width = grouped.shape[-1]
+  pad = [(0, 0)] * (grouped.ndim - 1) + [(before, after)]
+  padded = jnp.pad(grouped, pad)
+  summed = sum(padded[..., i:i + width] for i in range(size))
+  return summed.reshape(shape)
+
+
+_WINDOW_SUMS = {
+    'shifted_slices': _window_sum_shifted,
+    'matmul': _window_sum_matmul,
+    'reduce_window': _window_sum_reduce_window,
+    'cumsum': _window_sum_cumsum,
+}
+LrnImpl = Literal['shifted_slices', 'matmul', 'reduce_window', 'cumsum']
+
+
+def local_response_norm(x: Array, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
+                        beta: float = 0.75, groups: int = 1,
+                        impl: LrnImpl = 'reduce_window') -> Array:
+  """The paper's LRN over the last (channel) axis, as a function.
+
+  ``b[c] = a[c] / (k + alpha * sum_{j in window(c)} a[j]^2) ** beta``: a *sum* of squares, alpha
+  not divided by ``size``; windows are clipped at the channel edges and never cross a group
+  boundary (the channels are split into ``groups`` equal contiguous groups).
+
+  ``impl`` picks how the window sum is computed; all give the same numbers. Forward+backward
+  on XLA:CPU, batch 32, fp32, 2 cores (``python experiments/lrn_formulations.py``), ms for
+  norm1 (32,55,55,96) / norm2 (32,27,27,256): 'reduce_window' 104 / 76 (the default, fastest),
+  'matmul' (banded (C, C) matrix, block-diagonal per group) 124 / 97, 'shifted_slices' (sum of
+  ``size`` shifted views) 239 / 142, 'cumsum' (difference of a cumulative sum) 291 / 128.
+  """
+  channels = x.shape[-1]
+  if channels % groups:
+    raise ValueError(f'LRN: {channels} channels do not split into {groups} equal groups.')
+  if size < 1:
+    raise ValueError(f'LRN: size must be at least 1, got {size}.')
+  # Squares and their sum in at least fp32: bf16 sums of squares lose the small alpha term.
+  compute_dtype = jnp.promote_types(x.dtype, jnp.float32)
+  xf = x.astype(compute_dtype)
+  window_sum = _WINDOW_SUMS[impl](xf * xf, size, groups)
+  scale = k + alpha * window_sum
+  if beta == 0.75:
+    # x ** -0.75 = rsqrt(x) * rsqrt(sqrt(x)): two cheap ops instead of exp(log(x) * -0.75).
+    inv = lax.rsqrt(scale) * lax.rsqrt(jnp.sqrt(scale))
+  else:
+    inv = scale ** (-beta)
+  return (xf * inv).astype(x.dtype)
+
+
+class LocalResponseNorm(nn.Module):
+  """Local response normalisation across channels, channels last (paper, section 3.3).
+
+  ``b[c] = a[c] / (k + alpha * sum_{j=max(0, c-n/2)}^{min(N-1, c+n/2)} a[j]^2) ** beta`` with the
+  paper's ``n=5, k=2, alpha=1e-4, beta=0.75``. With ``groups > 1`` the channels are split into
+  equal contiguous groups and no window crosses a group boundary: AlexNet uses ``groups=2`` so
+  that one device computes exactly what the paper's two towers computed.
+
+  Other conventions: PyTorch's ``nn.LocalResponseNorm(size, alpha, beta, k)`` and Caffe divide
+  alpha by ``size``, so the paper's layer is ``torch.nn.LocalResponseNorm(5, alpha=5e-4,
+  beta=0.75, k=2.0)`` and, conversely, a PyTorch/Caffe model with ``alpha=a`` is
+  ``LocalResponseNorm(alpha=a / size)`` here (Caffe's default ``k`` is 1: pass ``k=1.0``).
+  TensorFlow's ``tf.nn.local_response_normalization(depth_radius=2, bias=2, alpha=1e-4,
+  beta=0.75)`` is the paper's formula as written.
+  """
+  size: int = 5
+  k: float = 2.0
+  alpha: float = 1e-4
+  beta: float = 0.75
+  groups: int = 1
+  impl: LrnImpl = 'reduce_window'
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return local_response_norm(x, self.size, self.k, self.alpha, self.beta, self.groups,
+                               self.impl)
+
+
+# --------------------------------------------------------------------------------------------
+# Pooling and the grouped (tower) convolution
+# --------------------------------------------------------------------------------------------
+PoolImpl = Literal['reduce_window', 'strided_slices']
+
+
+def max_pool(x: Array, window: int = 3, stride: int = 2,
+             impl: PoolImpl = 'strided_slices') -> Array:
+  """Overlapping max-pooling (window 3, stride 2, no padding) over NHWC maps.
+
+  'strided_slices' takes the elementwise max of the window*window strided views; its gradient is
+  a fused select instead of XLA:CPU's slow select-and-scatter (see experiments/PERF.md). Ties
+  are broken differently from 'reduce_window' (they have measure zero for float activations).
+  """
+  if impl == 'reduce_window':
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
+  n, h, w, c = x.shape
+  out_h = (h - window) // stride + 1
+  out_w = (w - window) // stride + 1
+  result = None
+  for i in range(window):
+    for j in range(window):
+      view = lax.slice(x, (0, i, j, 0),
+                       (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
+                       (1, stride, stride, 1))
+      result = view if result is None else jnp.maximum(result, view)
+  return result
+
+
+def grouped_conv(x: Array, kernel: Array, strides: Sequence[int], padding, groups: int,
+                 impl: Literal['split', 'feature_group_count'] = 'split') -> Array:
+  """NHWC x HWIO convolution with ``groups`` groups, kernel (kh, kw, in/groups, out).
+
+  'split' runs one plain convolution per group on the channel slices and concatenates the outputs:
+  the same numbers as ``feature_group_count=groups`` and several times faster forward+backward on
+  XLA:CPU. The kernel keeps the single ``feature_group_count`` layout either way.
+  """
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  strides = tuple(strides)
+  if groups == 1 or impl == 'feature_group_count':
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=dn,
+                                    feature_group_count=groups)
+  in_per_group = x.shape[-1] // groups
+  out_per_group = kernel.shape[-1] // groups
+  outs = [
+      lax.conv_general_dilated(
+          x[..., g * in_per_group:(g + 1) * in_per_group],
+          kernel[..., g * out_per_group:(g + 1) * out_per_group],
+          strides, padding, dimension_numbers=dn)
+      for g in range(groups)
+  ]
+  return jnp.concatenate(outs, axis=-1)
+
+
+class TowerConv(nn.Module):
+  """A convolution whose kernel is stored in ``feature_group_count`` layout, computed fast.
+
+  Parameters ``kernel`` (kh, kw, in_channels // groups, features) and ``bias`` (features,).
+  """
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: int = 0
+  groups: int = 1
+  kernel_init: Any = nn.initializers.normal(0.01)
+  bias_init: Any = nn.initializers.zeros
+  conv_impl: Literal['split', 'feature_group_count'] = 'split'
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_channels = x.shape[-1]
+    if in_channels % self.groups or self.features % self.groups:
+      raise ValueError(f'{self.name}: {in_channels} input and {self.features} output channels '
+                       f'do not split into {self.groups} groups.')
+    kernel = self.param('kernel', self.kernel_init,
+                        self.kernel_size + (in_channels // self.groups, self.features),
+                        self.param_dtype)
+    bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+    dtype = self.dtype or jnp.result_type(x, kernel)
+    pad = ((self.padding, self.padding),) * 2
+    y = grouped_conv(x.astype(dtype), kernel.astype(dtype), self.strides, pad, self.groups,
+                     self.conv_impl)
+    return y + bias.astype(dtype)
+
+
+class Dense(nn.Module):
+  """``x @ kernel + bias`` with kernel (in, features): ``flax.linen.Dense`` without extras."""
+  features: int
+  kernel_init: Any = nn.initializers.normal(0.01)
+  bias_init: Any = nn.initializers.zeros
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+    dtype = self.dtype or jnp.result_type(x, kernel)
+    return jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# AlexNet
+# --------------------------------------------------------------------------------------------
+# (name, features, kernel, stride, padding, groups) of the five conv layers, as in the paper.
+CONV_LAYERS = (
+    ('conv1', 96, 11, 4, 0, 1),
+    ('conv2', 256, 5, 1, 2, 2),
+    ('conv3', 384, 3, 1, 1, 1),
+    ('conv4', 384, 3, 1, 1, 2),
+    ('conv5', 256, 3, 1, 1, 2),
+)
+FC_LAYERS = (('fc6', 4096), ('fc7', 4096))
+LAYER_NAMES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+
+# Weight std and bias value per layer for each init scheme.
+INITS = {
+    # The paper: every weight N(0, 0.01); bias 1 in conv2, conv4, conv5, fc6, fc7, else 0.
+    'paper': {
+        'std': dict.fromkeys(LAYER_NAMES, 0.01),
+        'bias': {'conv1': 0., 'conv2': 1., 'conv3': 0., 'conv4': 1., 'conv5': 1., 'fc6': 1.,
+                 'fc7': 1., 'fc8': 0.},
+    },
+    # Caffe's bvlc_alexnet: fc6/fc7 std 0.005 and biases 0.1 where the paper has 1.
+    'caffe': {
+        'std': {**dict.fromkeys(LAYER_NAMES, 0.01), 'fc6': 0.005, 'fc7': 0.005},
+        'bias': {'conv1': 0., 'conv2': .1, 'conv3': 0., 'conv4': .1, 'conv5': .1, 'fc6': .1,
+                 'fc7': .1, 'fc8': 0.},
+    },
+}
+
+
+def _axis_size(axis_name: str | None) -> int:
+  return 1 if axis_name is None else lax.axis_size(axis_name)
+
+
+def _gather_features(x: Array, axis_name: str | None) -> Array:
+  """Concatenate the model shards' feature slices (last axis), in shard order."""
+  if axis_name is None or _axis_size(axis_name) == 1:
+    return x
+  return lax.all_gather(x, axis_name, axis=x.ndim - 1, tiled=True)
+
+
+class AlexNet(nn.Module):
+  """The paper's AlexNet. ``model.apply(variables, images, train=False)`` -> logits.
+
+  Attributes (defaults are the paper's):
+    num_classes: size of the output layer fc8.
+    dropout_rate: dropout on fc6 and fc7 outputs when ``train=True`` (needs a 'dropout' rng).
+    use_lrn: False drops both LRN layers (the paper's ablation; torchvision's variant).
+    lrn_after_pool: False is the paper's conv -> ReLU -> LRN -> pool; True is the seed's and
+      CaffeNet's conv -> ReLU -> pool -> LRN (same shapes, different numbers).
+    lrn_groups: 2 keeps LRN windows inside each tower, as on the paper's two GPUs.
+    init_scheme: (not ``init``, which is linen's method) 'paper' (every weight N(0, 0.01),
+      bias 1 on conv2/4/5 and fc6/7, 0 elsewhere) or 'caffe' (fc6/fc7 std 0.005 and biases
+      0.1 in place of 1; escapes the long plateau at ln(num_classes) that the paper's init
+      can show).
+    dtype: compute dtype (e.g. ``jnp.bfloat16``); None computes in the parameters' dtype.
+      Logits are always returned as float32.
+    param_dtype: parameter dtype (float32).
+    pool_impl, lrn_impl, conv_impl: numerically equivalent implementations (speed only).
+    model_axis, model_parallel_convs, model_parallel_fcs: model parallelism inside
+      ``jax.shard_map`` (see the module docstring); leave ``model_axis=None`` on one device or
+      in pure data parallelism.
+
+  Softmax is not applied: use ``optax.softmax_cross_entropy`` for training and
+  :func:`predict_probabilities` for predictions.
+  """
+  num_classes: int = 1000
+  dropout_rate: float = 0.5
+  use_lrn: bool = True
+  lrn_after_pool: bool = False
+  lrn_groups: int = 2
+  lrn_size: int = 5
+  lrn_k: float = 2.0
+  lrn_alpha: float = 1e-4
+  lrn_beta: float = 0.75
+  init_scheme: Literal['paper', 'caffe'] = 'paper'
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  pool_impl: PoolImpl = 'strided_slices'
+  lrn_impl: LrnImpl = 'reduce_window'
+  conv_impl: Literal['split', 'feature_group_count'] = 'split'
+  model_axis: str | None = None
+  model_parallel_convs: bool = True
+  model_parallel_fcs: bool = True
+
+  def _init_fns(self, name: str):
+    if self.init_scheme not in INITS:
+      raise ValueError(f"AlexNet: unknown init_scheme {self.init_scheme!r}; use 'paper' or "
+                       "'caffe'.")
+    scheme = INITS[self.init_scheme]
+    return (nn.initializers.normal(scheme['std'][name]),
+            nn.initializers.constant(scheme['bias'][name]))
+
+  def _norm_pool(self, x: Array, lrn_groups: int) -> Array:
+    def lrn(y):
+      if not self.use_lrn:
+        return y
+      return local_response_norm(y, self.lrn_size, self.lrn_k, self.lrn_alpha, self.lrn_beta,
+                                 lrn_groups, self.lrn_impl)
+    if self.lrn_after_pool:
+      return lrn(max_pool(x, impl=self.pool_impl))
+    return max_pool(lrn(x), impl=self.pool_impl)
+
+  @nn.compact
+  def __call__(self, images: Array, train: bool = False) -> Array:
+    """Logits (N, num_classes) in float32 for NHWC images (N, 227, 227, 3)."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'AlexNet expects NHWC RGB images (N, 227, 227, 3), got {images.shape}.')
+    conv_axis = self.model_axis if self.model_parallel_convs else None
+    fc_axis = self.model_axis if self.model_parallel_fcs else None
+    conv_shards = _axis_size(conv_axis)
+    fc_shards = _axis_size(fc_axis)
+    if conv_shards not in (1, 2):
+      raise ValueError('Model-parallel conv layers hold one tower per device: the model axis '
+                       f'must have size 2, not {conv_shards}.')
+    for name, features in FC_LAYERS + (('fc8', self.num_classes),):
+      if features % fc_shards:
+        raise ValueError(f'{name}: {features} outputs do not split over {fc_shards} devices.')
+
+    dtype = self.dtype or self.param_dtype
+    x = images.astype(dtype)
+    for name, features, ksize, stride, pad, groups in CONV_LAYERS:
+      if name == 'conv3':
+        x = _gather_features(x, conv_axis)  # conv3 sees both towers' maps.
+      kernel_init, bias_init = self._init_fns(name)
+      x = TowerConv(features // conv_shards, (ksize, ksize), (stride, stride), pad,
+                    max(groups // conv_shards, 1), kernel_init, bias_init, self.conv_impl,
+                    self.dtype, self.param_dtype, name=name)(x)
+      x = nn.relu(x)
+      if name in ('conv1', 'conv2'):
+        x = self._norm_pool(x, max(self.lrn_groups // conv_shards, 1))
+    x = max_pool(x, impl=self.pool_impl)
+
+    x = _gather_features(x, conv_axis)  # fc6 sees both towers' (6, 6, 128) maps, HWC order.
+    if self.model_axis is not None and fc_axis is not None and conv_axis is None:
+      # "One weird trick": convs ran data-parallel over the model axis too; the fc layers see
+      # the whole model group's batch.
+      x = lax.all_gather(x, self.model_axis, axis=0, tiled=True)
+    x = x.reshape((x.shape[0], -1))
+    for name, features in FC_LAYERS:
+      kernel_init, bias_init = self._init_fns(name)
+      x = Dense(features // fc_shards, kernel_init, bias_init, self.dtype, self.param_dtype,
+                name=name)(x)
+      x = nn.relu(x)
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = _gather_features(x, fc_axis)
+    kernel_init, bias_init = self._init_fns('fc8')
+    x = Dense(self.num_classes // fc_shards, kernel_init, bias_init, self.dtype,
+              self.param_dtype, name='fc8')(x)
+    return _gather_features(x, fc_axis).astype(jnp.float32)
+
+
+def predict_probabilities(model: AlexNet, variables, images: Array) -> Array:
+  """Class probabilities: softmax of the logits, averaged over crops for (N, K, H, W, 3) input.
+
+  A 5-D input is the paper's multi-crop test (e.g. 10 crops per image): the softmax outputs of
+  the K crops are averaged, as in the paper.
+  """
+  if images.ndim == 5:
+    n, crops = images.shape[:2]
+    logits = model.apply(variables, images.reshape((n * crops,) + images.shape[2:]))
+    return jax.nn.softmax(logits).reshape(n, crops, -1).mean(axis=1)
+  return jax.nn.softmax(model.apply(variables, images))
+
+
+def count_params(params) -> int:
+  """Number of scalars in a parameter tree."""
+  return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params))
