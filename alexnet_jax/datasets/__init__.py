@@ -1,0 +1,1 @@
+"""Dataset sources that are part of the package: the embedded shapes dataset, image folders."""

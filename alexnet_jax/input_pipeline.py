@@ -1,0 +1,536 @@
+"""Datasets -> ``tf.data`` -> host batches of the paper's inputs, ready to shard over devices.
+
+Sources (``data_config.source``):
+
+* ``'embedded'`` (default): ``alexnet_jax_shapes``, drawn by ``alexnet_jax.datasets.shapes``
+  and prepared into ``data_dir`` on first use (about half a minute).
+* ``'imagenet2012'``: TFDS's ``imagenet2012``, prepared from the user's
+  ``ILSVRC2012_img_train.tar`` and ``ILSVRC2012_img_val.tar`` in ``manual_dir`` with
+  ``python -m alexnet_jax.input_pipeline --source=imagenet2012 --data_dir=... --manual_dir=...``.
+* ``'tfds'``: any TFDS image classification dataset (features ``image`` and ``label``) already
+  prepared in ``data_dir``, by ``name``; the class count comes from its info.
+* ``'folder'``: a folder of class subfolders of images (``alexnet_jax.datasets.folder``).
+
+Every image goes through ``alexnet_jax.augment``: the central square rescaled to 256x256 (JPEGs
+decoded and cropped in one op, TFDS's own decoding skipped), then for training a random 227 crop,
+a random flip and PCA colour noise, for evaluation the centre crop or the ten crops, and the
+training set's mean removed.
+
+Determinism. Given ``(seed, epoch)`` the order of a process's examples and every crop, flip and
+colour shift are fixed: randomness is stateless and keyed by ``(seed, epoch, index)`` where
+``index`` is the example's position in the epoch (times ``process_count``, plus
+``process_index``). ``start_step=k`` starts an epoch at its k-th batch without reading or
+decoding the skipped examples (cached and folder sources) or without decoding them (streamed
+TFDS sources, which skip before the decoding map).
+
+Two ways of reading. With ``cache=True`` (the default, meant for datasets that fit in memory
+like the embedded one) a process loads its part of a split's *encoded* bytes once and permutes
+all of it each epoch. With ``cache=False`` (ImageNet) TFDS streams the files in a seeded order
+through a shuffle buffer of encoded bytes; a split too large for memory is streamed even when
+``cache=True`` (with a warning). Image folders always read files by path.
+
+Scale. Each JAX process reads its own ``tfds.even_splits`` part of each split; together the
+processes see every example once per epoch. Batches have a fixed global size: training drops
+the remainder (every process yields ``steps_per_epoch`` batches), evaluation pads the last batches
+and marks real examples in ``mask``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterator
+
+import ml_collections
+import numpy as np
+import psutil
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from alexnet_jax import augment
+from alexnet_jax.datasets import folder as folder_lib
+from alexnet_jax.datasets import shapes
+
+try:  # The input pipeline runs on the host: TF must never take an accelerator from JAX.
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # TF's runtime already started; whoever started it made this choice.
+  pass
+
+SOURCES = ('embedded', 'tfds', 'imagenet2012', 'folder')
+IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+# A cached split may take at most this share of the available memory.
+_MAX_CACHE_SHARE = 0.25
+
+
+class DataConfigError(ValueError):
+  """A data config value is invalid; the message says which value to change."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """The dataset is not where the config says; the message says how to get it there."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  num_train_examples: int
+  num_eval_examples: int
+  class_names: tuple[str, ...] | None
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """The data section of a config, with the defaults (the embedded dataset, ImageNet stats)."""
+  c = ml_collections.ConfigDict()
+  c.source = 'embedded'
+  c.name = ''  # TFDS name for 'tfds'; for 'embedded', '' or 'alexnet_jax_shapes/tiny'.
+  c.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS's default.
+  c.manual_dir = ml_collections.config_dict.placeholder(str)  # None: <data_dir>/downloads/manual
+  c.folder = ''
+  c.val_fraction = 0.1
+  c.train_split = 'train'
+  c.eval_split = 'validation'
+  c.resize_size = augment.RESIZE_SIZE
+  c.crop_size = augment.CROP_SIZE
+  c.mean_rgb = augment.IMAGENET_MEAN_RGB
+  c.pca_eigval = augment.IMAGENET_PCA_EIGVAL
+  c.pca_eigvec = augment.IMAGENET_PCA_EIGVEC
+  c.pca_alpha_std = 0.1
+  c.stats_file = ''  # JSON from alexnet_jax.data_stats; overrides the three above.
+  c.input_scale = 255.0
+  c.shuffle_buffer = 2048  # Encoded examples (streamed sources only).
+  c.num_parallel_calls = -1  # -1: tf.data.AUTOTUNE.
+  c.cache = True  # Keep encoded bytes in memory (cached sources); ImageNet configs set False.
+  c.prefetch = 2  # Batches.
+  c.threadpool_size = 0  # 0: TF's default (one thread per core).
+  return c
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  """Training batches per epoch: the remainder is dropped."""
+  return num_examples // global_batch_size
+
+
+def eval_steps(num_examples: int, global_batch_size: int, process_count: int = 1) -> int:
+  """Eval batches per pass: enough for the largest process part, the rest padded."""
+  local_batch = global_batch_size // process_count
+  return math.ceil(math.ceil(num_examples / process_count) / local_batch)
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+def _data_dir(data_config) -> str | None:
+  return os.path.expanduser(data_config.data_dir) if data_config.get('data_dir') else None
+
+
+def _embedded_name(data_config) -> str:
+  name = data_config.get('name') or shapes.NAME
+  if name.split('/')[0] != shapes.NAME:
+    raise DataConfigError(f"The embedded source is {shapes.NAME!r}, not {name!r}; leave data.name "
+                          f"empty, or use source='tfds' for other datasets.")
+  return name
+
+
+def _manual_dir(data_config) -> str:
+  if data_config.get('manual_dir'):
+    return os.path.expanduser(data_config.manual_dir)
+  data_dir = _data_dir(data_config) or tfds.core.constants.DATA_DIR
+  return os.path.join(os.path.expanduser(data_dir), 'downloads', 'manual')
+
+
+def _prepare_command(data_config) -> str:
+  data_dir = _data_dir(data_config) or tfds.core.constants.DATA_DIR
+  return (f'python -m alexnet_jax.input_pipeline --source=imagenet2012 --data_dir={data_dir} '
+          f'--manual_dir={_manual_dir(data_config)}')
+
+
+def _tfds_builder(data_config, prepare_embedded: bool = True) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of a 'tfds', 'imagenet2012' or 'embedded' config, checked to be ready."""
+  source = data_config.source
+  data_dir = _data_dir(data_config)
+  if source == 'embedded':
+    builder = tfds.builder(_embedded_name(data_config), data_dir=data_dir)
+    if not builder.is_prepared() and prepare_embedded:
+      builder.download_and_prepare()
+    return builder
+  if source == 'imagenet2012':
+    builder = tfds.builder('imagenet2012', data_dir=data_dir)
+    if not builder.is_prepared():
+      manual_dir = _manual_dir(data_config)
+      missing = [t for t in IMAGENET_TARS if not os.path.exists(os.path.join(manual_dir, t))]
+      if missing:
+        raise DatasetNotFoundError(
+            f'ImageNet is not prepared: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar '
+            f'(from image-net.org) into {manual_dir}, then run: {_prepare_command(data_config)}')
+      raise DatasetNotFoundError(
+          f'ImageNet is not prepared yet (the tars are in {manual_dir}); run once: '
+          f'{_prepare_command(data_config)}')
+    return builder
+  # source == 'tfds'
+  if not data_config.get('name'):
+    raise DataConfigError("source='tfds' needs a dataset name; set data.name (e.g. 'imagenette').")
+  try:
+    builder = tfds.builder(data_config.name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DataConfigError(f'TFDS has no dataset {data_config.name!r}; set data.name to a TFDS '
+                          f'dataset name (see tfds.list_builders()).') from e
+  if not builder.is_prepared():
+    where = data_dir or tfds.core.constants.DATA_DIR
+    raise DatasetNotFoundError(
+        f'TFDS dataset {data_config.name!r} is not prepared in {where}; prepare it first with: '
+        f'tfds build {data_config.name} --data_dir={where}')
+  features = builder.info.features
+  if ('image' not in features or 'label' not in features
+      or not isinstance(features['label'], tfds.features.ClassLabel)):
+    raise DataConfigError(f'TFDS dataset {data_config.name!r} has no image and class-label '
+                          'features; choose an image classification dataset for data.name.')
+  return builder
+
+
+def _check_source(data_config):
+  if data_config.source not in SOURCES:
+    raise DataConfigError(f'Unknown data source {data_config.source!r}; set data.source to one '
+                          f'of {", ".join(SOURCES)}.')
+  if data_config.source == 'folder' and not data_config.get('folder'):
+    raise DataConfigError("source='folder' needs a path; set data.folder to a directory of class "
+                          'subfolders of images.')
+
+
+def _folder_split(data_config, split: str) -> folder_lib.FolderSplit:
+  index = folder_lib.scan_folder(os.path.expanduser(data_config.folder),
+                                 float(data_config.val_fraction))
+  key = {'train': 'train', 'val': 'validation', 'validation': 'validation'}.get(split)
+  if key is None:
+    raise DataConfigError(f'An image folder has the splits train and validation, not {split!r}; '
+                          'set data.train_split / data.eval_split accordingly.')
+  return index.splits[key]
+
+
+def _split_size(builder, split: str) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError) as e:
+    raise DataConfigError(f'Dataset {builder.info.full_name} has no split {split!r} (it has '
+                          f'{", ".join(builder.info.splits)}); set data.train_split / '
+                          'data.eval_split to one of them.') from e
+
+
+def get_dataset_info(data_config) -> DatasetInfo:
+  """Classes and split sizes; prepares the embedded dataset on first use."""
+  _check_source(data_config)
+  if data_config.source == 'folder':
+    index = folder_lib.scan_folder(os.path.expanduser(data_config.folder),
+                                   float(data_config.val_fraction))
+    return DatasetInfo(len(index.class_names),
+                       len(_folder_split(data_config, data_config.train_split).labels),
+                       len(_folder_split(data_config, data_config.eval_split).labels),
+                       index.class_names)
+  builder = _tfds_builder(data_config)
+  label = builder.info.features['label']
+  return DatasetInfo(label.num_classes, _split_size(builder, data_config.train_split),
+                     _split_size(builder, data_config.eval_split), tuple(label.names))
+
+
+def prepare(data_config) -> None:
+  """Prepares the configured dataset: builds the embedded one, or ImageNet from its tars."""
+  _check_source(data_config)
+  if data_config.source == 'imagenet2012':
+    builder = tfds.builder('imagenet2012', data_dir=_data_dir(data_config))
+    manual_dir = _manual_dir(data_config)
+    missing = [t for t in IMAGENET_TARS if not os.path.exists(os.path.join(manual_dir, t))]
+    if missing and not builder.is_prepared():
+      raise DatasetNotFoundError(
+          f'Put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) into '
+          f'{manual_dir}; {", ".join(missing)} missing.')
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  elif data_config.source == 'tfds':
+    tfds.builder(data_config.name, data_dir=_data_dir(data_config)).download_and_prepare()
+  elif data_config.source == 'embedded':
+    _tfds_builder(data_config)
+  else:
+    get_dataset_info(data_config)  # Scans the folder and reports skipped files.
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics, options
+# --------------------------------------------------------------------------------------------
+def image_stats(data_config) -> tuple[tuple, tuple, tuple]:
+  """``(mean_rgb, pca_eigval, pca_eigvec)``: from ``stats_file`` if set, else the config's."""
+  if data_config.get('stats_file'):
+    path = os.path.expanduser(data_config.stats_file)
+    if not os.path.exists(path):
+      raise DatasetNotFoundError(f'Stats file {path} does not exist; compute it with python -m '
+                                 'alexnet_jax.data_stats or clear data.stats_file.')
+    with open(path) as f:
+      stats = json.load(f)
+    return tuple(stats['mean_rgb']), tuple(stats['pca_eigval']), tuple(
+        tuple(row) for row in stats['pca_eigvec'])
+  return (tuple(data_config.mean_rgb), tuple(data_config.pca_eigval),
+          tuple(tuple(row) for row in data_config.pca_eigvec))
+
+
+def _options(data_config) -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  if data_config.get('threadpool_size', 0) > 0:
+    options.threading.private_threadpool_size = data_config.threadpool_size
+  # One thread per map call: the parallelism comes from parallel calls, not from inside ops.
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def _parallel(data_config) -> int:
+  n = data_config.get('num_parallel_calls', -1)
+  return tf.data.AUTOTUNE if n is None or n < 0 else max(1, n)
+
+
+def _process(process_index, process_count) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top  (only when the caller did not say)
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} is not in [0, {process_count}); pass the '
+                     'index of this process among process_count processes.')
+  return process_index, process_count
+
+
+def _local_batch(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise DataConfigError(f'Global batch size {global_batch_size} does not split evenly over '
+                          f'{process_count} processes; use a positive multiple of {process_count}.')
+  return global_batch_size // process_count
+
+
+def even_slice(num_examples: int, process_index: int, process_count: int) -> slice:
+  """The contiguous part of ``num_examples`` that a process reads (as ``tfds.even_splits``)."""
+  base, extra = divmod(num_examples, process_count)
+  start = process_index * base + min(process_index, extra)
+  return slice(start, start + base + (process_index < extra))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading: a process's part of a split, cached in memory or streamed
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Table:
+  """A process's part of a split in memory: encoded images (or file paths) and labels."""
+  keys: np.ndarray  # object array of bytes (encoded images) or str (paths).
+  labels: np.ndarray  # int32
+  are_paths: bool
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tfds_table(builder_name: str, data_dir: str | None, split: str, process_index: int,
+                       process_count: int) -> _Table:
+  builder = tfds.builder(builder_name, data_dir=data_dir)
+  ds = builder.as_dataset(split=_process_split(split, process_index, process_count),
+                          shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()},
+                          read_config=tfds.ReadConfig(try_autocache=False))
+  keys, labels = [], []
+  for batch in ds.map(lambda ex: (ex['image'], ex['label'])).batch(1024).as_numpy_iterator():
+    keys.extend(batch[0])
+    labels.extend(batch[1])
+  return _Table(np.array(keys + [b''], dtype=object)[:-1], np.array(labels, np.int32), False)
+
+
+def _builder_name(builder) -> str:
+  config = builder.builder_config.name if builder.builder_config else None
+  return f'{builder.name}/{config}' if config else builder.name
+
+
+def _process_split(split: str, process_index: int, process_count: int):
+  if process_count == 1:
+    return split
+  return tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
+
+
+def _fits_in_memory(builder, split: str) -> bool:
+  try:
+    num_bytes = builder.info.splits[split].num_bytes
+  except (KeyError, ValueError, AttributeError):  # A composite split: let the user decide.
+    return True
+  return num_bytes <= _MAX_CACHE_SHARE * psutil.virtual_memory().available
+
+
+def _table(data_config, split, process_index, process_count) -> _Table | None:
+  """The process's part of ``split`` as a table, or None when it is to be streamed."""
+  if data_config.source == 'folder':
+    part = _folder_split(data_config, split)
+    sl = even_slice(len(part.labels), process_index, process_count)
+    return _Table(part.paths[sl], part.labels[sl], True)
+  if not data_config.get('cache', True):
+    return None
+  builder = _tfds_builder(data_config)
+  if not _fits_in_memory(builder, split):
+    warnings.warn(f'Split {split!r} of {builder.info.full_name} is too large to cache in memory; '
+                  'streaming it instead (set data.cache=False to silence this).')
+    return None
+  return _cached_tfds_table(_builder_name(builder), _data_dir(data_config), split, process_index,
+                            process_count)
+
+
+def _streamed(data_config, split, process_index, process_count, *, shuffle_seed=None):
+  """(encoded image, label) pairs of the process's part of ``split``, read by TFDS."""
+  builder = _tfds_builder(data_config)
+  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
+                                options=_options(data_config))
+  ds = builder.as_dataset(split=_process_split(split, process_index, process_count),
+                          shuffle_files=shuffle_seed is not None,
+                          decoders={'image': tfds.decode.SkipDecoding()},
+                          read_config=read_config)
+  return ds.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32)))
+
+
+def _encoded(key: tf.Tensor, are_paths: bool) -> tf.Tensor:
+  return tf.io.read_file(key) if are_paths else key
+
+
+def _split_count(data_config, split: str) -> int:
+  if data_config.source == 'folder':
+    return len(_folder_split(data_config, split).labels)
+  return _split_size(_tfds_builder(data_config), split)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+  """A 63-bit seed for the example order of (seed, epoch)."""
+  return int(np.random.SeedSequence([seed % 2**32, epoch % 2**32, 0x0A1E]).generate_state(
+      2, np.uint32).astype(np.uint64).dot([1 << 31, 1]))
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------
+def train_batches(data_config, *, global_batch_size: int, seed: int, epoch: int,
+                  start_step: int = 0, process_index: int | None = None,
+                  process_count: int | None = None) -> Iterator[dict]:
+  """One epoch of training batches for this process, starting at batch ``start_step``.
+
+  Yields ``{'image': float32 (B/P, crop, crop, 3), 'label': int32 (B/P,)}``, exactly
+  ``steps_per_epoch(num_train_examples, global_batch_size) - start_step`` of them on every
+  process. Same ``(seed, epoch)``: same batches, whatever ``start_step`` the epoch started at.
+  """
+  _check_source(data_config)
+  process_index, process_count = _process(process_index, process_count)
+  local_batch = _local_batch(global_batch_size, process_count)
+  split = data_config.train_split
+  num_examples = _split_count(data_config, split)
+  steps = steps_per_epoch(num_examples, global_batch_size)
+  if steps == 0:
+    raise DataConfigError(f'The global batch size {global_batch_size} exceeds the {num_examples} '
+                          'training examples; use a smaller batch size.')
+  if not 0 <= start_step <= steps:
+    raise ValueError(f'start_step {start_step} is outside the epoch of {steps} steps; pass a step '
+                     f'in [0, {steps}].')
+  first, count = start_step * local_batch, (steps - start_step) * local_batch
+  order_seed = _epoch_seed(seed, epoch)
+
+  table = _table(data_config, split, process_index, process_count)
+  if table is not None:
+    order = np.random.default_rng(order_seed).permutation(len(table.labels))[first:first + count]
+    positions = np.arange(first, first + count, dtype=np.int64)
+    # Object arrays keep each byte string whole (a fixed-width 'S' array would pad them).
+    ds = tf.data.Dataset.from_tensor_slices((positions, table.keys[order], table.labels[order]))
+    are_paths = table.are_paths
+  else:
+    ds = _streamed(data_config, split, process_index, process_count,
+                   shuffle_seed=order_seed % 2**31)
+    ds = ds.shuffle(data_config.shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False)
+    ds = ds.enumerate().skip(first).take(count)  # Skip before the decoding map.
+    ds = ds.map(lambda i, ex: (i, ex[0], ex[1]))
+    are_paths = False
+
+  mean_rgb, eigval, eigvec = image_stats(data_config)
+  resize, crop = int(data_config.resize_size), int(data_config.crop_size)
+
+  def preprocess(position, key, label):
+    image = augment.decode_and_center_square(_encoded(key, are_paths), resize)
+    example_key = augment.example_key(seed, epoch, position * process_count + process_index)
+    image = augment.train_image(image, example_key, mean_rgb=mean_rgb, pca_eigval=eigval,
+                                pca_eigvec=eigvec, pca_alpha_std=data_config.pca_alpha_std,
+                                crop_size=crop, input_scale=data_config.input_scale)
+    return {'image': image, 'label': tf.cast(label, tf.int32)}
+
+  ds = ds.map(preprocess, num_parallel_calls=_parallel(data_config), deterministic=True)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.prefetch(data_config.get('prefetch', 2)).with_options(_options(data_config))
+  return ds.as_numpy_iterator()
+
+
+def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
+                 process_index: int | None = None,
+                 process_count: int | None = None) -> Iterator[dict]:
+  """The eval split once, in a fixed order, for this process; the remainder padded.
+
+  Yields ``{'image': float32 (B/P, crop, crop, 3) or (B/P, 10, crop, crop, 3), 'label': int32,
+  'mask': bool}`` (``mask`` is False on padding), ``eval_steps(num_eval_examples,
+  global_batch_size, process_count)`` batches on every process.
+  """
+  _check_source(data_config)
+  process_index, process_count = _process(process_index, process_count)
+  local_batch = _local_batch(global_batch_size, process_count)
+  split = data_config.eval_split
+  num_examples = _split_count(data_config, split)
+  steps = eval_steps(num_examples, global_batch_size, process_count)
+  sl = even_slice(num_examples, process_index, process_count)
+  local_count = sl.stop - sl.start
+
+  table = _table(data_config, split, process_index, process_count)
+  if table is not None:
+    ds = tf.data.Dataset.from_tensor_slices((table.keys, table.labels))
+    are_paths = table.are_paths
+  else:
+    ds = _streamed(data_config, split, process_index, process_count)
+    are_paths = False
+
+  mean_rgb, _, _ = image_stats(data_config)
+  resize, crop = int(data_config.resize_size), int(data_config.crop_size)
+  scale = data_config.input_scale
+
+  def preprocess(key, label):
+    image = augment.decode_and_center_square(_encoded(key, are_paths), resize)
+    if ten_crop:
+      image = augment.ten_crop_images(image, mean_rgb=mean_rgb, crop_size=crop, input_scale=scale)
+    else:
+      image = augment.center_crop_image(image, mean_rgb=mean_rgb, crop_size=crop,
+                                        input_scale=scale)
+    return {'image': image, 'label': tf.cast(label, tf.int32), 'mask': tf.constant(True)}
+
+  ds = ds.map(preprocess, num_parallel_calls=_parallel(data_config), deterministic=True)
+  image_shape = ((augment.NUM_TEN_CROPS,) if ten_crop else ()) + (crop, crop, 3)
+  padding = tf.data.Dataset.from_tensors({
+      'image': tf.zeros(image_shape, tf.float32), 'label': tf.constant(0, tf.int32),
+      'mask': tf.constant(False)}).repeat(steps * local_batch - local_count)
+  ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
+  ds = ds.prefetch(data_config.get('prefetch', 2)).with_options(_options(data_config))
+  return ds.as_numpy_iterator()
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: prepare a dataset
+# --------------------------------------------------------------------------------------------
+def main(argv=None):
+  """``python -m alexnet_jax.input_pipeline --source=imagenet2012 --data_dir=D --manual_dir=M``."""
+  parser = argparse.ArgumentParser(description='Prepares a dataset for alexnet_jax.')
+  parser.add_argument('--source', default='embedded', choices=SOURCES)
+  parser.add_argument('--name', default='')
+  parser.add_argument('--data_dir', default=None)
+  parser.add_argument('--manual_dir', default=None)
+  parser.add_argument('--folder', default='')
+  args = parser.parse_args(argv)
+  config = default_data_config()
+  config.source, config.name, config.folder = args.source, args.name, args.folder
+  config.data_dir, config.manual_dir = args.data_dir, args.manual_dir
+  prepare(config)
+  print(get_dataset_info(config))
+
+
+if __name__ == '__main__':
+  main()
