@@ -19,6 +19,7 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'default.py')
@@ -65,6 +66,8 @@ def main(argv) -> None:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required, e.g. --workdir runs/')
+  # Orbax and TF log every file operation at INFO; the user reads the progress bar instead.
+  logging.set_verbosity(logging.ERROR)
   _initialize_distributed()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # tf.data only: TF must not take the accelerator

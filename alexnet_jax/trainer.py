@@ -196,6 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     policy_state = optim.policy_state_to_numpy(
         {k: np.asarray(v) for k, v in meta['lr_policy'].items()})
     window = meta.get('loss_window', [0.0, 0])
+    since_eval = meta.get('loss_since_eval', [0.0, 0])
     last_eval = meta.get('last_eval', {})
     if is_main:
       print(f'Resuming from checkpoint at step {step} (epoch {epoch}, step {step_in_epoch} of '
@@ -204,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step, epoch, step_in_epoch = 0, 0, 0
     state = _initial_state(s)
     policy_state = policy.init(config.optim.learning_rate)
-    window, last_eval = [0.0, 0], {}
+    window, since_eval, last_eval = [0.0, 0], [0.0, 0], {}
   state = state.replace(opt_state=optim.set_learning_rate(state.opt_state,
                                                           policy.learning_rate(policy_state)))
   # A resumed run drops the records written after its checkpoint; a fresh one starts empty.
@@ -222,7 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def meta_now():
     return {'epoch': epoch, 'step_in_epoch': step_in_epoch,
             'lr_policy': {k: float(v) for k, v in policy_state.items()},
-            'loss_window': list(window), 'last_eval': last_eval}
+            'loss_window': list(window), 'loss_since_eval': list(since_eval),
+            'last_eval': last_eval}
 
   def save(val_error=None):
     nonlocal last_good_step
@@ -262,7 +264,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           pending = []
           for i, loss_value in enumerate(losses):
             check_finite(loss_value, step - len(losses) + i + 1)
+          # Running sums (in the checkpoint too, so a resumed run logs the same numbers).
           window = [window[0] + sum(losses), window[1] + len(losses)]
+          since_eval = [since_eval[0] + sum(losses), since_eval[1] + len(losses)]
           now = time.perf_counter()
           rate = (step - tick_step) * config.batch_size / max(now - tick, 1e-9)
           progress.update(len(losses), loss=losses[-1], images_per_sec=rate)
@@ -288,13 +292,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step >= total_steps or (step_in_epoch == 0 and epoch % config.eval.every_epochs == 0):
         results = evaluate_params(s, state.params, config.eval.ten_crop, config.eval.max_batches)
         val_error = results['val_top1_error']
-        train_loss = window[0] / window[1] if window[1] else float('nan')
-        last_eval = {**results, 'step': step, 'epoch': epoch}
-        writer.write_eval(step, epoch, lr, train_loss, results['val_top1_error'],
+        train_loss = since_eval[0] / since_eval[1] if since_eval[1] else None
+        since_eval = [0.0, 0]
+        at_epoch = epoch + step_in_epoch / steps_per_epoch
+        last_eval = {**results, 'step': step, 'epoch': at_epoch}
+        writer.write_eval(step, at_epoch, lr, train_loss, results['val_top1_error'],
                           results['val_top5_error'], val_loss=results['val_loss'])
         if is_main:
-          print(report.format_eval_summary(epoch, step, {**results, 'lr': lr,
-                                                         'train_loss': train_loss}), flush=True)
+          summary = {**results, 'lr': lr}
+          if train_loss is not None:
+            summary['train_loss'] = train_loss
+          print(report.format_eval_summary(at_epoch, step, summary), flush=True)
         policy_state = policy.update(policy_state, epoch=epoch, val_top1_error=val_error)
       elif step_in_epoch == 0:
         policy_state = policy.update(policy_state, epoch=epoch)
