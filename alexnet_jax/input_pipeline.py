@@ -393,6 +393,29 @@ def _encoded(key: tf.Tensor, are_paths: bool) -> tf.Tensor:
   return tf.io.read_file(key) if are_paths else key
 
 
+def encoded_examples(data_config, split: str, *, shuffle_seed: int | None = None,
+                     process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+  """(encoded image bytes, int32 label) of a process's part of ``split``, before any decoding.
+
+  In stored order, or shuffled by ``shuffle_seed`` (a full permutation for cached and folder
+  sources; seeded file order plus a ``shuffle_buffer`` otherwise). For tools such as
+  ``alexnet_jax.data_stats``; training uses :func:`train_batches`.
+  """
+  _check_source(data_config)
+  table = _table(data_config, split, process_index, process_count)
+  if table is None:
+    ds = _streamed(data_config, split, process_index, process_count,
+                   shuffle_seed=None if shuffle_seed is None else shuffle_seed % 2**31)
+    if shuffle_seed is not None:
+      ds = ds.shuffle(data_config.shuffle_buffer, seed=shuffle_seed)
+    return ds
+  order = np.arange(len(table.labels))
+  if shuffle_seed is not None:
+    order = np.random.default_rng(shuffle_seed).permutation(order)
+  ds = tf.data.Dataset.from_tensor_slices((table.keys[order], table.labels[order]))
+  return ds.map(lambda key, label: (_encoded(key, table.are_paths), label))
+
+
 def _split_count(data_config, split: str) -> int:
   if data_config.source == 'folder':
     return len(_folder_split(data_config, split).labels)
@@ -516,18 +539,30 @@ def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
 # --------------------------------------------------------------------------------------------
 # Command line: prepare a dataset
 # --------------------------------------------------------------------------------------------
-def main(argv=None):
-  """``python -m alexnet_jax.input_pipeline --source=imagenet2012 --data_dir=D --manual_dir=M``."""
-  parser = argparse.ArgumentParser(description='Prepares a dataset for alexnet_jax.')
+def add_source_flags(parser: argparse.ArgumentParser) -> None:
+  """Command-line flags that choose a data source (shared by the package's small CLIs)."""
   parser.add_argument('--source', default='embedded', choices=SOURCES)
-  parser.add_argument('--name', default='')
-  parser.add_argument('--data_dir', default=None)
-  parser.add_argument('--manual_dir', default=None)
-  parser.add_argument('--folder', default='')
-  args = parser.parse_args(argv)
+  parser.add_argument('--name', default='', help="TFDS name ('tfds'), or embedded config")
+  parser.add_argument('--data_dir', default=None, help='TFDS data_dir')
+  parser.add_argument('--manual_dir', default=None, help='imagenet2012 tars')
+  parser.add_argument('--folder', default='', help="image folder ('folder')")
+  parser.add_argument('--val_fraction', type=float, default=0.1)
+
+
+def config_from_flags(args: argparse.Namespace) -> ml_collections.ConfigDict:
+  """:func:`default_data_config` with the flags of :func:`add_source_flags` applied."""
   config = default_data_config()
   config.source, config.name, config.folder = args.source, args.name, args.folder
   config.data_dir, config.manual_dir = args.data_dir, args.manual_dir
+  config.val_fraction = args.val_fraction
+  return config
+
+
+def main(argv=None):
+  """``python -m alexnet_jax.input_pipeline --source=imagenet2012 --data_dir=D --manual_dir=M``."""
+  parser = argparse.ArgumentParser(description='Prepares a dataset for alexnet_jax.')
+  add_source_flags(parser)
+  config = config_from_flags(parser.parse_args(argv))
   prepare(config)
   print(get_dataset_info(config))
 

@@ -14,6 +14,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from alexnet_jax import augment
+from alexnet_jax import data_stats
 from alexnet_jax import input_pipeline as ip
 from alexnet_jax.datasets import folder as folder_lib
 from alexnet_jax.datasets import shapes
@@ -418,3 +419,48 @@ def test_folder_processes_cover_every_example_once(tmp_path):
 
 def test_tf_never_sees_a_gpu():
   assert not tf.config.get_visible_devices('GPU')
+
+
+# --------------------------------------------------------------------------------------------
+# data_stats
+# --------------------------------------------------------------------------------------------
+def test_data_stats_against_numpy(tmp_path):
+  """Uniform-colour PNGs: the pixel moments are those of the colours, whatever the resizing."""
+  rng = np.random.default_rng(0)
+  colours = rng.multivariate_normal([120, 100, 80], [[900, 500, 100], [500, 700, 0],
+                                                     [100, 0, 300]], size=30)
+  colours = colours.clip(0, 255).round().astype(np.uint8)
+  root = tmp_path / 'stats_folder'
+  for i, colour in enumerate(colours):
+    _save(root / f'k{i % 2}' / f'{i}.png', _rgb(20 + i, 30, colour), 'PNG')
+  c = _config(None, source='folder', folder=str(root), val_fraction=0.0)
+  stats = data_stats.compute_stats(c, num_images=1000)
+  assert stats['num_images'] == 30
+  ref = colours.astype(np.float64) / 255.0
+  np.testing.assert_allclose(stats['mean_rgb'], ref.mean(0), atol=1e-9)
+  ref_cov = np.cov(ref.T, bias=True)
+  np.testing.assert_allclose(stats['covariance'], ref_cov, atol=1e-9)
+  vec, val = np.asarray(stats['pca_eigvec']), np.asarray(stats['pca_eigval'])
+  np.testing.assert_allclose(vec @ np.diag(val) @ vec.T, ref_cov, atol=1e-9)
+  np.testing.assert_allclose(val, np.sort(np.linalg.eigvalsh(ref_cov))[::-1], atol=1e-9)
+  # A sample: a seeded subset, different for another seed.
+  part = data_stats.compute_stats(c, num_images=10, seed=1)
+  assert part['num_images'] == 10
+  assert part['mean_rgb'] != data_stats.compute_stats(c, num_images=10, seed=2)['mean_rgb']
+  # Saved beside the workdir, and read back by the pipeline.
+  path = data_stats.save_stats(stats, str(tmp_path / 'work'))
+  assert path == str(tmp_path / 'work' / 'data_stats.json')
+  mean, eigval, eigvec = ip.image_stats(_config(None, stats_file=path))
+  np.testing.assert_allclose(mean, stats['mean_rgb'])
+  np.testing.assert_allclose(eigval, val)
+  np.testing.assert_allclose(eigvec, vec)
+
+
+def test_data_stats_cli(tmp_path, capsys, data_dir, squares):
+  data_stats.main(['--name=alexnet_jax_shapes/tiny', f'--data_dir={data_dir}',
+                   f'--workdir={tmp_path}', '--num_images=20'])
+  assert 'data_stats.json' in capsys.readouterr().out
+  stats = json.loads((tmp_path / 'data_stats.json').read_text())
+  assert stats['num_images'] == 20
+  # Random colours: the mean is mid-grey and no direction dominates as it does in ImageNet.
+  np.testing.assert_allclose(stats['mean_rgb'], 0.5, atol=0.1)
