@@ -71,6 +71,22 @@ def test_shape_is_large_and_inside_the_centre_crop():
     assert inside >= 0.08 * 227 * 227, i
 
 
+def test_shipped_pixel_statistics():
+  """The shipped mean and PCA agree with a fresh numpy estimate from rendered images."""
+  pixels = []
+  for i in range(0, 3000, 25):
+    image, _ = shapes.render('train', i)
+    h, w = image.shape[:2]
+    pixels.append(image[(h - 256) // 2:][:256, (w - 256) // 2:][:, :256].reshape(-1, 3))
+  pixels = np.concatenate(pixels).astype(np.float64) / 255.0
+  np.testing.assert_allclose(shapes.MEAN_RGB, pixels.mean(0), atol=0.03)
+  cov = np.cov(pixels.T)
+  vec, val = np.asarray(shapes.PCA_EIGVEC), np.asarray(shapes.PCA_EIGVAL)
+  np.testing.assert_allclose(vec.T @ vec, np.eye(3), atol=2e-3)
+  np.testing.assert_allclose(val.sum(), np.trace(cov), rtol=0.15)
+  np.testing.assert_allclose(vec @ np.diag(val) @ vec.T, cov, atol=0.015)
+
+
 def test_tiny_builder(tiny):
   info = tiny.info
   assert info.features['label'].num_classes == 10

@@ -38,6 +38,17 @@ MAX_LONG_SIDE = 384
 JPEG_QUALITY = 90
 _SPLIT_IDS = {'train': 0, 'validation': 1}
 
+# Pixel statistics of the 3000 training images (``python -m alexnet_jax.data_stats
+# --num_images=3000 ...``), in the layout of ``alexnet_jax.augment``'s ImageNet defaults: random
+# colours give a mid-grey mean and a nearly isotropic colour covariance.
+MEAN_RGB = (0.4928, 0.4990, 0.4893)
+PCA_EIGVAL = (0.0983, 0.0562, 0.0503)
+PCA_EIGVEC = (
+    (-0.4877, -0.3994, -0.7763),
+    (-0.8401, -0.0270, 0.5417),
+    (-0.2373, 0.9164, -0.3224),
+)
+
 
 # --------------------------------------------------------------------------------------------
 # Shapes as polygons in unit coordinates (about radius 1, centred on the origin, y down).
