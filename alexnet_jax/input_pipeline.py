@@ -338,7 +338,7 @@ def _cached_tfds_table(builder_name: str, data_dir: str | None, split: str, proc
   for batch in ds.map(lambda ex: (ex['image'], ex['label'])).batch(1024).as_numpy_iterator():
     keys.extend(batch[0])
     labels.extend(batch[1])
-  return _Table(np.array(keys + [b''], dtype=object)[:-1], np.array(labels, np.int32), False)
+  return _Table(np.array(keys, dtype=object), np.array(labels, np.int32), False)
 
 
 def _builder_name(builder) -> str:

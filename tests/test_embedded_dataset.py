@@ -113,10 +113,11 @@ def test_sample_grid():
 @pytest.mark.slow
 def test_default_config_prepares_in_under_a_minute(tmp_path):
   builder = tfds.builder(shapes.NAME, data_dir=str(tmp_path))
-  start = time.perf_counter()
+  # CPU time of this process, not wall time: a busy machine must not fail the test. Drawing
+  # and encoding run in this one thread, so on an idle machine the two are about equal.
+  start = time.process_time()
   builder.download_and_prepare()
-  elapsed = time.perf_counter() - start
+  elapsed = time.process_time() - start
   assert builder.info.splits['train'].num_examples == 3000
   assert builder.info.splits['validation'].num_examples == 500
-  # The budget is one minute on 2 idle cores; allow for a loaded CI machine.
-  assert elapsed < 90, f'preparing took {elapsed:.0f} s'
+  assert elapsed < 60, f'preparing took {elapsed:.0f} s of CPU'
