@@ -7,7 +7,9 @@ Each measurement runs in a fresh Python process pinned to the first N cores
 threads, so that TensorFlow sizes its pools for N cores. It times ``train_batches`` end to end:
 reading cached JPEG bytes, decoding the central square at 256, the random 227 crop, flip, PCA
 colour noise, mean removal, batching and the conversion to numpy, after a warm-up of a few
-batches. A second row times the decode and 256 rescale alone. It prints a markdown table.
+batches, in wall-clock time and per CPU-second of the process (the latter does not depend on
+what else the machine is running). A last column times the decode and 256 rescale alone. It
+prints a markdown table.
 
 The number to beat is the model's training step on the same machine (about 20-30 images/s for
 the full AlexNet on 2 laptop cores): the pipeline should deliver at least twice that.
@@ -35,8 +37,9 @@ def _cpu_name() -> str:
   return platform.processor() or platform.machine()
 
 
-def _measure(mode: str, data_dir: str | None, batches: int, batch_size: int) -> float:
-  """Images/s of one pipeline in this process (after warm-up)."""
+def _measure(mode: str, data_dir: str | None, batches: int,
+             batch_size: int) -> tuple[float, float]:
+  """(images per wall-clock second, images per CPU second) of one pipeline, after warm-up."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (after the affinity is set)
   from alexnet_jax import augment  # pylint: disable=g-import-not-at-top
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -45,7 +48,7 @@ def _measure(mode: str, data_dir: str | None, batches: int, batch_size: int) -> 
   config.data_dir = data_dir
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   config.threadpool_size = cores
-  info = input_pipeline.get_dataset_info(config)  # Prepares the dataset on first use.
+  input_pipeline.get_dataset_info(config)  # Prepares the dataset on first use.
   warmup = 3
   if mode == 'train':
     def batch_iter():
@@ -62,14 +65,14 @@ def _measure(mode: str, data_dir: str | None, batches: int, batch_size: int) -> 
       options = tf.data.Options()
       options.threading.private_threadpool_size = cores
       return ds.with_options(options).as_numpy_iterator()
-  del info
   it = iter(batch_iter())
   for _ in range(warmup):
     next(it)
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), time.process_time()
   for _ in range(batches):
     next(it)
-  return batches * batch_size / (time.perf_counter() - start)
+  wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+  return batches * batch_size / wall, batches * batch_size / cpu
 
 
 def _child(args):
@@ -77,8 +80,8 @@ def _child(args):
   if hasattr(os, 'sched_setaffinity'):
     os.sched_setaffinity(0, cpus)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  rate = _measure(args.mode, args.data_dir, args.batches, args.batch_size)
-  print(json.dumps({'images_per_s': rate}))
+  rate, cpu_rate = _measure(args.mode, args.data_dir, args.batches, args.batch_size)
+  print(json.dumps({'images_per_s': rate, 'images_per_cpu_s': cpu_rate}))
 
 
 def main():
@@ -107,16 +110,23 @@ def main():
       if args.data_dir:
         cmd.append(f'--data_dir={args.data_dir}')
       out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-      row[mode] = json.loads(out.strip().splitlines()[-1])['images_per_s']
+      result = json.loads(out.strip().splitlines()[-1])
+      row[mode], row[mode + '_cpu'] = result['images_per_s'], result['images_per_cpu_s']
     rows.append(row)
 
+  load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
   print(f'\nTraining input pipeline on the embedded dataset ({_cpu_name()}, '
-        f'{available} cores visible, batch {args.batch_size}, {args.batches} timed batches):\n')
-  print('| cores | train pipeline (decode + crop + flip + PCA + mean), img/s | decode + 256 '
-        'rescale only, img/s |')
-  print('|---|---|---|')
+        f'{available} cores visible, load average {load:.1f}, batch {args.batch_size}, '
+        f'{args.batches} timed batches):\n')
+  print('| cores | train pipeline img/s (wall) | train img per CPU-second | decode + 256 rescale '
+        'only, img/s (wall) |')
+  print('|---|---|---|---|')
   for row in rows:
-    print(f"| {row['cores']} | {row['train']:.0f} | {row['decode']:.0f} |")
+    print(f"| {row['cores']} | {row['train']:.0f} | {row['train_cpu']:.0f} | "
+          f"{row['decode']:.0f} |")
+  print('\n(train = decode + random crop + flip + PCA colour noise + mean removal + batching to '
+        'numpy float32. Images per CPU-second do not depend on what else the machine runs; with '
+        'an idle machine, wall rate ~ cores x that.)')
   print(f'\ncommand: python experiments/pipeline_speed.py {" ".join(sys.argv[1:])}'.rstrip())
 
 
