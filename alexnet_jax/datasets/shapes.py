@@ -245,7 +245,7 @@ assert AlexnetJaxShapes.name == NAME
 # --------------------------------------------------------------------------------------------
 # A picture of the dataset for the README
 # --------------------------------------------------------------------------------------------
-def sample_grid(per_class: int = 6, thumb: int = 96, split: str = 'train') -> Image.Image:
+def sample_grid(per_class: int = 6, thumb: int = 80, split: str = 'train') -> Image.Image:
   """A grid image: one row per class, ``per_class`` examples each, labelled on the left."""
   label_width = 80
   grid = Image.new('RGB', (label_width + per_class * (thumb + 4), len(CLASS_NAMES) * (thumb + 4)),
@@ -269,7 +269,7 @@ def main():
   """``python -m alexnet_jax.datasets.shapes [out.png]``: writes the sample grid."""
   import sys  # pylint: disable=g-import-not-at-top
   path = sys.argv[1] if len(sys.argv) > 1 else 'docs/embedded_samples.png'
-  sample_grid().save(path)
+  sample_grid().save(path, optimize=True)
   print(f'wrote {path}')
 
 
