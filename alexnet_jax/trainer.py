@@ -91,6 +91,34 @@ class Setup:
   abstract_state: train_lib.TrainState
 
 
+def check_batch_split_over_processes(mesh, layout: layout_lib.Layout,
+                                     global_batch_size: int) -> None:
+  """Refuses a mesh on which processes would hold the same rows of the batch.
+
+  Each process feeds its own 1/process_count of every batch (the input pipeline's per-process
+  splits), so the batch axes must split the batch over the processes. A model axis spanning
+  processes (towers with one device per process) gives them the same rows: each would take its
+  own part for the whole batch, and the towers would silently see different images.
+  """
+  n = jax.process_count()
+  if n == 1:
+    return
+  sharding = jax.sharding.NamedSharding(mesh, layout.batch_spec)
+  rows = {}  # process -> (first row, end row) of the rows its devices hold
+  for device, index in sharding.devices_indices_map((global_batch_size,)).items():
+    start, stop, _ = index[0].indices(global_batch_size)
+    lo, hi = rows.get(device.process_index, (start, stop))
+    rows[device.process_index] = (min(lo, start), max(hi, stop))
+  blocks = sorted(rows.values())
+  if blocks != [(p * global_batch_size // n, (p + 1) * global_batch_size // n)
+                for p in range(n)]:
+    raise layout_lib.LayoutError(
+        f'The {layout.name} layout on mesh {dict(mesh.shape)} does not split the batch over the '
+        f'{n} processes (the model axis spans processes), but each process reads its own part '
+        'of it; give every process at least mesh.model devices, or use the one_weird_trick '
+        'layout.')
+
+
 def setup(config: ml_collections.ConfigDict) -> Setup:
   """Dataset info, model, optimizer, mesh and the sharded steps for ``config``."""
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
@@ -106,6 +134,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   if config.batch_size % jax.process_count():
     raise ValueError(f'The batch size {config.batch_size} does not divide over '
                      f'{jax.process_count()} processes; choose a multiple of it.')
+  check_batch_split_over_processes(mesh, layout, config.batch_size)
   crop = config.data.crop_size
   abstract_state = jax.eval_shape(
       lambda rng: train_lib.create_train_state(rng, model, tx, (1, crop, crop, 3)),
