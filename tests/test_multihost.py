@@ -102,10 +102,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(devices: int = DEVICES_PER_PROCESS) -> dict[str, str]:
   # Proxy variables can route gRPC's loopback connections through a proxy (JAX warns: hangs).
   env = {k: v for k, v in os.environ.items() if not k.lower().endswith('_proxy')}
-  env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}',
+  env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
   return env
 
@@ -125,7 +125,8 @@ class Job:
   """``NUM_PROCESSES`` processes of ``python -m alexnet_jax.main`` joined over loopback."""
 
   def __init__(self, name: str, logdir, workdir, data_dir: str, max_steps: int,
-               extra_overrides: dict | None = None):
+               extra_overrides: dict | None = None,
+               devices_per_process: int = DEVICES_PER_PROCESS):
     self.name = name
     port = _free_port()
     address = f'127.0.0.1:{port}'
@@ -134,7 +135,7 @@ class Job:
               f'--num_processes={NUM_PROCESSES}', f'--heartbeat_timeout_seconds={HEARTBEAT_S}',
               *_config_flags(data_dir, max_steps, extra_overrides)]
     self.procs, self.outs, self.errs = [], [], []
-    env = _child_env()
+    env = _child_env(devices_per_process)
     try:
       for p in range(NUM_PROCESSES):
         out = os.path.join(logdir, f'{name}.{p}.out')
@@ -400,6 +401,23 @@ def test_dead_peer_fails_the_job_within_the_heartbeat_timeout(tmp_path, data_dir
   # JAX's default heartbeat timeout (100 s) would keep it far longer.
   assert elapsed < HEARTBEAT_S + 40, (elapsed, job.report())
   print(f'process 0 exited {elapsed:.1f} s after its peer was killed (exit code {code})')
+
+
+@pytest.mark.timeout(300)
+def test_model_axis_across_processes_is_refused(tmp_path, data_dir):
+  """Towers with one device per process: both processes would hold the whole batch."""
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  job = Job('model_across_processes', tmp_path, workdir, data_dir, max_steps=1,
+            devices_per_process=1)
+  try:
+    codes = job.wait(JOB_TIMEOUT_S)
+  finally:
+    job.kill()
+  assert codes == [2] * NUM_PROCESSES, job.report()
+  for p in range(NUM_PROCESSES):
+    assert 'does not split the batch over the 2 processes' in _tail(job.errs[p]), job.report()
+  assert not (workdir / checkpoint_lib.CHECKPOINT_DIR).exists()
 
 
 def test_partial_coordinator_flags_are_refused(tmp_path):
