@@ -174,6 +174,12 @@ def check_model(model: model_lib.AlexNet, mesh: Mesh, layout: Layout) -> None:
   if layout.model_parallel_convs and m != 2:
     raise LayoutError(f'The towers layout holds one tower per device: mesh.model must be 1 or '
                       f'2, not {m}; use the one_weird_trick layout for wider model axes.')
+  if layout.model_parallel_convs and model.use_lrn and model.lrn_groups % m:
+    # Each device normalises only its own tower's maps: an LRN window that crosses the towers'
+    # boundary on one device would silently become a different network here.
+    raise LayoutError(f'The towers layout runs LRN inside each tower, but model.lrn_groups='
+                      f'{model.lrn_groups} lets LRN windows cross the boundary between the '
+                      f'{m} towers; use lrn_groups=2 (the paper) or the one_weird_trick layout.')
   for name, features in (('fc6', 4096), ('fc7', 4096), ('fc8', model.num_classes)):
     if features % m:
       raise LayoutError(f'{name} has {features} outputs, which do not split over mesh.model='
