@@ -2,12 +2,13 @@
 
 The reference is ``train.make_single_device_steps``: the same model and the paper's optimizer
 (momentum 0.9, weight decay 5e-4, rate injected) on one device and the whole batch. Each layout
-(data=2, data=4, towers model=2, towers 2x2, one weird trick 2x2) takes two steps from the same
-state on the same batches (two steps, so the momentum slots' sharding matters) and must give the
-same metrics and parameters; its eval sums (padded mask, and the K-crop average) must equal the
-reference's. Further: the shards each device holds are the paper's per-GPU halves, the lowered
-step exchanges exactly the activations the paper's GPUs exchanged, bad meshes and batches are
-refused with clear errors, and a state moves between layouts without changing the result.
+(data=2, data=4, towers model=2, towers 2x2, one weird trick 2x2) takes step 1 from the initial
+state and step 2 from the reference's state after step 1 (non-zero momentum, sharded like its
+parameters), and must give the same updates, parameters and metrics; its eval sums (padded mask,
+and the 10-crop average) must equal the reference's. Further: the shards each device holds are
+the paper's per-GPU halves, the lowered step exchanges exactly the activations the paper's GPUs
+exchanged, bad meshes, batches and models are refused with clear errors, and a state moves
+between layouts without changing the result.
 
 Cost on 2 CPU cores: one compiled train and eval program per layout (module-level caches), batch
 8, 10 classes, dropout 0 (dropout masks are drawn per device, so they differ by design).
@@ -513,6 +514,23 @@ def test_towers_refuse_a_model_axis_of_4():
   layout_lib.check_model(MODEL.clone(num_classes=1000), mesh, trick)
   with pytest.raises(layout_lib.LayoutError, match=r'fc8 has 10 outputs'):
     layout_lib.check_model(MODEL, mesh, trick)
+
+
+def test_towers_refuse_lrn_windows_that_cross_the_towers():
+  """Each tower's device normalises only its own maps, so LRN groups must not span towers."""
+  # Why: with one group over 96 maps, the windows of maps 46..49 reach into the other tower.
+  x = np.random.default_rng(0).normal(0.0, 30.0, (2, 3, 3, 96)).astype(np.float32)
+  per_tower = np.concatenate([model_lib.local_response_norm(x[..., :48], groups=1),
+                              model_lib.local_response_norm(x[..., 48:], groups=1)], axis=-1)
+  assert not np.allclose(model_lib.local_response_norm(x, groups=1), per_tower, rtol=1e-3)
+  np.testing.assert_allclose(model_lib.local_response_norm(x, groups=2), per_tower, rtol=1e-6)
+  towers, trick = layout_lib.get_layout('towers'), layout_lib.get_layout('one_weird_trick')
+  with pytest.raises(layout_lib.LayoutError, match=r'lrn_groups=1 lets LRN windows cross'):
+    layout_lib.check_model(MODEL.clone(lrn_groups=1), _mesh(1, 2), towers)
+  layout_lib.check_model(MODEL.clone(lrn_groups=4), _mesh(1, 2), towers)
+  layout_lib.check_model(MODEL.clone(lrn_groups=1, use_lrn=False), _mesh(1, 2), towers)
+  layout_lib.check_model(MODEL.clone(lrn_groups=1), _mesh(2, 1), towers)  # no towers split
+  layout_lib.check_model(MODEL.clone(lrn_groups=1), _mesh(2, 2), trick)  # convs replicated
 
 
 def test_unknown_layout_is_refused():
