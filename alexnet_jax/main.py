@@ -58,7 +58,9 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id, **kwargs)
   elif FLAGS.distributed:
-    jax.distributed.initialize()
+    # The cluster gives the coordinator and the process ids; a dead peer must still fail fast.
+    jax.distributed.initialize(**({'heartbeat_timeout_seconds': FLAGS.heartbeat_timeout_seconds}
+                                  if FLAGS.heartbeat_timeout_seconds else {}))
 
 
 def main(argv) -> None:
