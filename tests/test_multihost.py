@@ -126,24 +126,36 @@ class Job:
 
   def __init__(self, name: str, logdir, workdir, data_dir: str, max_steps: int,
                extra_overrides: dict | None = None,
-               devices_per_process: int = DEVICES_PER_PROCESS):
+               devices_per_process: int = DEVICES_PER_PROCESS, slurm: bool = False):
+    """``slurm``: no coordinator flags but ``--distributed`` in the environment of an ``srun``
+    step of 2 tasks on 2 nodes (what JAX's SLURM detection reads), on loopback."""
     self.name = name
     port = _free_port()
     address = f'127.0.0.1:{port}'
     common = [sys.executable, '-m', 'alexnet_jax.main', f'--workdir={workdir}',
-              f'--coordinator_address={address}', f'--coordinator_bind_address={address}',
-              f'--num_processes={NUM_PROCESSES}', f'--heartbeat_timeout_seconds={HEARTBEAT_S}',
+              f'--heartbeat_timeout_seconds={HEARTBEAT_S}',
               *_config_flags(data_dir, max_steps, extra_overrides)]
+    if slurm:
+      common.append('--distributed')
+    else:
+      common += [f'--coordinator_address={address}', f'--coordinator_bind_address={address}',
+                 f'--num_processes={NUM_PROCESSES}']
     self.procs, self.outs, self.errs = [], [], []
-    env = _child_env(devices_per_process)
     try:
       for p in range(NUM_PROCESSES):
+        env = _child_env(devices_per_process)
+        if slurm:
+          env.update(SLURM_JOB_ID='4242', SLURM_STEP_NODELIST='127.0.0.1',
+                     SLURM_STEP_NUM_NODES=str(NUM_PROCESSES), SLURM_NTASKS=str(NUM_PROCESSES),
+                     SLURM_PROCID=str(p), SLURM_LOCALID='0', JAX_COORDINATOR_PORT=str(port),
+                     JAX_COORDINATOR_BIND_ADDRESS=address)
+        argv = common if slurm else common + [f'--process_id={p}']
         out = os.path.join(logdir, f'{name}.{p}.out')
         err = os.path.join(logdir, f'{name}.{p}.err')
         with open(out, 'wb') as fo, open(err, 'wb') as fe:
           # A new session per process: killpg ends it and anything it started.
           self.procs.append(subprocess.Popen(
-              common + [f'--process_id={p}'], cwd=str(logdir), env=env, stdout=fo, stderr=fe,
+              argv, cwd=str(logdir), env=env, stdout=fo, stderr=fe,
               stdin=subprocess.DEVNULL, start_new_session=True, umask=UMASKS[p]))
         self.outs.append(out)
         self.errs.append(err)
@@ -373,13 +385,20 @@ def test_only_process_zero_writes_logs_and_both_save_checkpoints(runs):
 
 
 @pytest.mark.timeout(600)
-def test_dead_peer_fails_the_job_within_the_heartbeat_timeout(tmp_path, data_dir):
+def test_slurm_job_joins_and_a_dead_peer_fails_it_within_the_heartbeat_timeout(
+    tmp_path, data_dir):
+  """--distributed under (simulated) srun: JAX's SLURM detection joins the two processes.
+
+  Killing process 1 then ends process 0 within the heartbeat timeout. Had the processes not
+  joined, process 0 would train on alone; had --heartbeat_timeout_seconds not reached
+  jax.distributed.initialize, it would take JAX's default 100 s.
+  """
   workdir = tmp_path / 'run'
   workdir.mkdir()
-  job = Job('dead_peer', tmp_path, workdir, data_dir, max_steps=1000)
+  job = Job('dead_peer', tmp_path, workdir, data_dir, max_steps=1000, slurm=True)
   try:
-    # Process 0 writes config.json after jax.distributed.initialize returned (so process 1 had
-    # connected) and after the mesh was built, before anything compiles: process 1 then dies
+    # Process 0 writes config.json after jax.distributed.initialize returned and after the
+    # (2 x 2, both processes') mesh was built, before anything compiles: process 1 then dies
     # silently and only the missing heartbeats can tell process 0.
     written = workdir / checkpoint_lib.CONFIG_FILE
     deadline = time.monotonic() + JOB_TIMEOUT_S
