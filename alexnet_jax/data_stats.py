@@ -51,7 +51,8 @@ def compute_stats(data_config, num_images: int = 1000, seed: int = 0,
   resize = int(data_config.resize_size)
   ds = input_pipeline.encoded_examples(data_config, data_config.train_split, shuffle_seed=seed)
   ds = ds.take(num_images).map(
-      lambda data, label: augment.decode_and_center_square(data, resize),
+      tf.autograph.experimental.do_not_convert(
+          lambda data, label: augment.decode_and_center_square(data, resize)),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   count, pixel_sum, outer_sum = 0, np.zeros(3), np.zeros((3, 3))
   num_seen = 0

@@ -65,6 +65,9 @@ SOURCES = ('embedded', 'tfds', 'imagenet2012', 'folder')
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 # A cached split may take at most this share of the available memory.
 _MAX_CACHE_SHARE = 0.25
+# Map functions here have no Python control flow on tensors: tracing them as they are skips
+# AutoGraph's source conversion (and the temporary files it writes).
+_plain = tf.autograph.experimental.do_not_convert
 
 
 class DataConfigError(ValueError):
@@ -335,7 +338,8 @@ def _cached_tfds_table(builder_name: str, data_dir: str | None, split: str, proc
                           decoders={'image': tfds.decode.SkipDecoding()},
                           read_config=tfds.ReadConfig(try_autocache=False))
   keys, labels = [], []
-  for batch in ds.map(lambda ex: (ex['image'], ex['label'])).batch(1024).as_numpy_iterator():
+  pairs = ds.map(_plain(lambda ex: (ex['image'], ex['label'])))
+  for batch in pairs.batch(1024).as_numpy_iterator():
     keys.extend(batch[0])
     labels.extend(batch[1])
   return _Table(np.array(keys, dtype=object), np.array(labels, np.int32), False)
@@ -386,7 +390,7 @@ def _streamed(data_config, split, process_index, process_count, *, shuffle_seed=
                           shuffle_files=shuffle_seed is not None,
                           decoders={'image': tfds.decode.SkipDecoding()},
                           read_config=read_config)
-  return ds.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32)))
+  return ds.map(_plain(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32))))
 
 
 def _encoded(key: tf.Tensor, are_paths: bool) -> tf.Tensor:
@@ -413,7 +417,7 @@ def encoded_examples(data_config, split: str, *, shuffle_seed: int | None = None
   if shuffle_seed is not None:
     order = np.random.default_rng(shuffle_seed).permutation(order)
   ds = tf.data.Dataset.from_tensor_slices((table.keys[order], table.labels[order]))
-  return ds.map(lambda key, label: (_encoded(key, table.are_paths), label))
+  return ds.map(_plain(lambda key, label: (_encoded(key, table.are_paths), label)))
 
 
 def _split_count(data_config, split: str) -> int:
@@ -467,12 +471,13 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, epoch: int,
                    shuffle_seed=order_seed % 2**31)
     ds = ds.shuffle(data_config.shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False)
     ds = ds.enumerate().skip(first).take(count)  # Skip before the decoding map.
-    ds = ds.map(lambda i, ex: (i, ex[0], ex[1]))
+    ds = ds.map(_plain(lambda i, ex: (i, ex[0], ex[1])))
     are_paths = False
 
   mean_rgb, eigval, eigvec = image_stats(data_config)
   resize, crop = int(data_config.resize_size), int(data_config.crop_size)
 
+  @_plain
   def preprocess(position, key, label):
     image = augment.decode_and_center_square(_encoded(key, are_paths), resize)
     example_key = augment.example_key(seed, epoch, position * process_count + process_index)
@@ -517,6 +522,7 @@ def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
   resize, crop = int(data_config.resize_size), int(data_config.crop_size)
   scale = data_config.input_scale
 
+  @_plain
   def preprocess(key, label):
     image = augment.decode_and_center_square(_encoded(key, are_paths), resize)
     if ten_crop:

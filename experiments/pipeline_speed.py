@@ -60,7 +60,8 @@ def _measure(mode: str, data_dir: str | None, batches: int,
   else:  # 'decode': the 256 central square only.
     def batch_iter():
       ds = input_pipeline.encoded_examples(config, 'train', shuffle_seed=0).repeat()
-      ds = ds.map(lambda data, label: augment.decode_and_center_square(data),
+      ds = ds.map(tf.autograph.experimental.do_not_convert(
+          lambda data, label: augment.decode_and_center_square(data)),
                   num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
       options = tf.data.Options()
       options.threading.private_threadpool_size = cores
