@@ -269,6 +269,14 @@ def test_even_slice_matches_tfds(data_dir, squares):
     assert sizes == [len(range(60)[ip.even_slice(60, p, n_proc)]) for p in range(n_proc)]
 
 
+def test_tfds_source_by_name(squares, data_dir):
+  """Any prepared TFDS image classification dataset; here the tiny shapes, by name."""
+  c = _config(data_dir, source='tfds', cache=False)
+  assert ip.get_dataset_info(c) == ip.DatasetInfo(10, 200, 60, shapes.CLASS_NAMES)
+  embedded = _eval(_config(data_dir), batch=60)
+  _assert_same(_eval(c, batch=60), embedded)  # The same examples, the same preprocessing.
+
+
 def test_source_errors(tmp_path):
   c = ip.default_data_config()
   c.source = 'mnist'
