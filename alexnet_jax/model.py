@@ -49,6 +49,7 @@ prediction helpers such as :func:`predict_probabilities`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -135,14 +136,67 @@ _WINDOW_SUMS = {
 LrnImpl = Literal['shifted_slices', 'matmul', 'reduce_window', 'cumsum']
 
 
+LrnGrad = Literal['autodiff', 'closed_form']
+
+
+def _flip_within_groups(v: Array, groups: int) -> Array:
+  shape = v.shape
+  return v.reshape(shape[:-1] + (groups, shape[-1] // groups))[..., ::-1].reshape(shape)
+
+
+def _lrn_scale(xf: Array, size: int, k: float, alpha: float, beta: float, groups: int,
+               impl: LrnImpl) -> tuple[Array, Array]:
+  """``(s, s ** -beta)`` with ``s = k + alpha * window_sum(x^2)``."""
+  scale = k + alpha * _WINDOW_SUMS[impl](xf * xf, size, groups)
+  if beta == 0.75:
+    # x ** -0.75 = rsqrt(x) * rsqrt(sqrt(x)): two cheap ops instead of exp(log(x) * -0.75).
+    return scale, lax.rsqrt(scale) * lax.rsqrt(jnp.sqrt(scale))
+  return scale, scale ** (-beta)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
+def _lrn_closed_form(xf: Array, size: int, k: float, alpha: float, beta: float, groups: int,
+                     impl: LrnImpl) -> Array:
+  return xf * _lrn_scale(xf, size, k, alpha, beta, groups, impl)[1]
+
+
+def _lrn_closed_form_fwd(xf, size, k, alpha, beta, groups, impl):
+  scale, inv = _lrn_scale(xf, size, k, alpha, beta, groups, impl)
+  return xf * inv, (xf, inv, inv / scale)
+
+
+def _lrn_closed_form_bwd(size, k, alpha, beta, groups, impl, residuals, dy):
+  # y_c = x_c s_c^-b with s_c = k + a sum_{j in W(c)} x_j^2, so
+  # dx_i = dy_i s_i^-b - 2ab x_i sum_{c: i in W(c)} dy_c x_c s_c^(-b-1).
+  # {c: i in W(c)} is the mirrored window (after, before): for odd sizes W itself; for even
+  # sizes the window sum of the channel-reversed (within each group) input, reversed back.
+  xf, inv, inv_over_scale = residuals
+  t = dy * xf * inv_over_scale
+  before, after = lrn_window(size)
+  if before == after:
+    back = _WINDOW_SUMS[impl](t, size, groups)
+  else:
+    back = _flip_within_groups(
+        _WINDOW_SUMS[impl](_flip_within_groups(t, groups), size, groups), groups)
+  return (dy * inv - (2.0 * alpha * beta) * xf * back,)
+
+
+_lrn_closed_form.defvjp(_lrn_closed_form_fwd, _lrn_closed_form_bwd)
+
+
 def local_response_norm(x: Array, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
                         beta: float = 0.75, groups: int = 1,
-                        impl: LrnImpl = 'reduce_window') -> Array:
+                        impl: LrnImpl = 'reduce_window', grad: LrnGrad = 'autodiff') -> Array:
   """The paper's LRN over the last (channel) axis, as a function.
 
   ``b[c] = a[c] / (k + alpha * sum_{j in window(c)} a[j]^2) ** beta``: a *sum* of squares, alpha
   not divided by ``size``; windows are clipped at the channel edges and never cross a group
   boundary (the channels are split into ``groups`` equal contiguous groups).
+
+  ``grad`` picks how the gradient is computed: 'autodiff' differentiates the forward ops;
+  'closed_form' (a ``jax.custom_vjp``) uses ``dx = dy s^-beta - 2 alpha beta x W'(dy x s^(-beta-1))``
+  with ``W'`` the mirrored window sum: one window sum and a few elementwise ops instead of the
+  transposes of every forward op (see experiments/PERF.md). Same numbers up to fp32 rounding.
 
   ``impl`` picks how the window sum is computed; all give the same numbers. Forward+backward
   on XLA:CPU, batch 32, fp32, 2 cores (``python experiments/lrn_formulations.py``), ms for
@@ -155,17 +209,14 @@ def local_response_norm(x: Array, size: int = 5, k: float = 2.0, alpha: float = 
     raise ValueError(f'LRN: {channels} channels do not split into {groups} equal groups.')
   if size < 1:
     raise ValueError(f'LRN: size must be at least 1, got {size}.')
+  if grad not in ('autodiff', 'closed_form'):
+    raise ValueError(f"LRN: grad must be 'autodiff' or 'closed_form', got {grad!r}.")
   # Squares and their sum in at least fp32: bf16 sums of squares lose the small alpha term.
   compute_dtype = jnp.promote_types(x.dtype, jnp.float32)
   xf = x.astype(compute_dtype)
-  window_sum = _WINDOW_SUMS[impl](xf * xf, size, groups)
-  scale = k + alpha * window_sum
-  if beta == 0.75:
-    # x ** -0.75 = rsqrt(x) * rsqrt(sqrt(x)): two cheap ops instead of exp(log(x) * -0.75).
-    inv = lax.rsqrt(scale) * lax.rsqrt(jnp.sqrt(scale))
-  else:
-    inv = scale ** (-beta)
-  return (xf * inv).astype(x.dtype)
+  if grad == 'closed_form':
+    return _lrn_closed_form(xf, size, k, alpha, beta, groups, impl).astype(x.dtype)
+  return (xf * _lrn_scale(xf, size, k, alpha, beta, groups, impl)[1]).astype(x.dtype)
 
 
 class LocalResponseNorm(nn.Module):
@@ -189,11 +240,12 @@ class LocalResponseNorm(nn.Module):
   beta: float = 0.75
   groups: int = 1
   impl: LrnImpl = 'reduce_window'
+  grad: LrnGrad = 'autodiff'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     return local_response_norm(x, self.size, self.k, self.alpha, self.beta, self.groups,
-                               self.impl)
+                               self.impl, self.grad)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,26 +277,139 @@ def max_pool(x: Array, window: int = 3, stride: int = 2,
   return result
 
 
+ConvImpl = Literal['split', 'feature_group_count']
+WeightGrad = Literal['xla', 'matmul']
+Conv1Impl = Literal['direct', 'space_to_depth']
+_DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _conv(x: Array, kernel: Array, strides: tuple[int, int], padding) -> Array:
+  return lax.conv_general_dilated(x, kernel, strides, padding,
+                                  dimension_numbers=_DIMENSION_NUMBERS)
+
+
+def conv_weight_grad_matmul(x: Array, dy: Array, kernel_shape: Sequence[int],
+                            strides: tuple[int, int], padding) -> Array:
+  """The kernel gradient of an NHWC x HWIO convolution as ``kh * kw`` matrix products.
+
+  ``dK[i, j] = sum over (n, h, w) of xpad[n, s*h + i, s*w + j, :]^T dy[n, h, w, :]``: for each
+  kernel tap, the input view it multiplies (a strided slice of the padded input, flattened to
+  (N*OH*OW, Cin)) transposed times the output gradient (N*OH*OW, Cout). Products accumulate
+  in at least float32; the result is float32 (callers cast).
+  """
+  kh, kw, cin, cout = kernel_shape
+  (pad_t, pad_b), (pad_l, pad_r) = padding
+  xp = jnp.pad(x, ((0, 0), (pad_t, pad_b), (pad_l, pad_r), (0, 0)))
+  n, out_h, out_w, _ = dy.shape
+  sh, sw = strides
+  dy_flat = dy.reshape(-1, cout)
+  acc = jnp.promote_types(dy.dtype, jnp.float32)
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      view = lax.slice(xp, (0, i, j, 0), (n, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1,
+                                          cin), (1, sh, sw, 1))
+      # An explicit (Cin, M) transpose, then a plain (Cin, M) x (M, Cout) product: measured
+      # faster on XLA:CPU than contracting the leading axes of both operands.
+      taps.append(jnp.dot(view.reshape(-1, cin).T, dy_flat, preferred_element_type=acc))
+  return jnp.stack(taps).reshape(kh, kw, cin, cout)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_matmul_weight_grad(x: Array, kernel: Array, strides, padding) -> Array:
+  return _conv(x, kernel, strides, padding)
+
+
+def _conv_matmul_weight_grad_fwd(x, kernel, strides, padding):
+  return _conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_matmul_weight_grad_bwd(strides, padding, residuals, dy):
+  x, kernel = residuals
+  # The input gradient as XLA differentiates it (a transposed convolution, fast on XLA:CPU);
+  # unused for conv1, whose input gradient XLA then removes.
+  _, input_vjp = jax.vjp(lambda v: _conv(v, kernel, strides, padding), x)
+  dkernel = conv_weight_grad_matmul(x, dy, kernel.shape, strides, padding)
+  return input_vjp(dy)[0], dkernel.astype(kernel.dtype)
+
+
+_conv_matmul_weight_grad.defvjp(_conv_matmul_weight_grad_fwd, _conv_matmul_weight_grad_bwd)
+
+
+def _explicit_padding(x: Array, kernel: Array, strides: tuple[int, int], padding):
+  if isinstance(padding, str):
+    return tuple(lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding))
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def conv2d(x: Array, kernel: Array, strides: Sequence[int], padding,
+           weight_grad: WeightGrad = 'xla') -> Array:
+  """An ungrouped NHWC x HWIO convolution.
+
+  ``weight_grad`` says how its kernel gradient is computed: 'xla' differentiates the
+  convolution (XLA:CPU computes the kernel gradient as a convolution over the batch, a slow
+  path there); 'matmul' computes it with :func:`conv_weight_grad_matmul` (a ``jax.custom_vjp``;
+  the forward pass and the input gradient are unchanged). Same numbers up to fp32 rounding.
+  """
+  strides = tuple(int(v) for v in strides)
+  padding = _explicit_padding(x, kernel, strides, padding)
+  if weight_grad == 'xla':
+    return _conv(x, kernel, strides, padding)
+  if weight_grad == 'matmul':
+    return _conv_matmul_weight_grad(x, kernel, strides, padding)
+  raise ValueError(f"weight_grad must be 'xla' or 'matmul', got {weight_grad!r}.")
+
+
+def space_to_depth_conv(x: Array, kernel: Array, stride: int,
+                        weight_grad: WeightGrad = 'xla') -> Array:
+  """A VALID ``stride`` x ``stride`` strided convolution as a stride-1 convolution on blocks.
+
+  The image is cut into ``stride x stride`` blocks stacked on the channel axis (227x227x3 ->
+  57x57x48 for conv1) and the kernel likewise, zero-padded to whole blocks (11x11x3 -> 3x3x48):
+  the same products and sums (the padded taps multiply zeros), laid out as a dense stride-1
+  convolution with 16 times the input channels, which XLA:CPU runs far faster than a stride-4
+  convolution over 3 channels. The kernel keeps its (kh, kw, cin, cout) layout.
+  """
+  n, h, w, c = x.shape
+  kh, kw, _, cout = kernel.shape
+  s = stride
+  out_h, out_w = (h - kh) // s + 1, (w - kw) // s + 1
+  bh, bw = -(-kh // s), -(-kw // s)  # kernel size in blocks
+  # Rows needed: output row o reads blocks o .. o + bh - 1. Rows past the image meet only the
+  # zero-padded kernel taps; rows past the last block used are never read.
+  rows, cols = (out_h + bh - 1) * s, (out_w + bw - 1) * s
+  x = x[:, :rows, :cols, :]
+  x = jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]), (0, 0)))
+  x = x.reshape(n, rows // s, s, cols // s, s, c).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(n, rows // s, cols // s, s * s * c)
+  k = jnp.pad(kernel, ((0, bh * s - kh), (0, bw * s - kw), (0, 0), (0, 0)))
+  k = k.reshape(bh, s, bw, s, c, cout).transpose(0, 2, 1, 3, 4, 5).reshape(bh, bw, s * s * c,
+                                                                           cout)
+  return conv2d(x, k, (1, 1), ((0, 0), (0, 0)), weight_grad)
+
+
 def grouped_conv(x: Array, kernel: Array, strides: Sequence[int], padding, groups: int,
-                 impl: Literal['split', 'feature_group_count'] = 'split') -> Array:
+                 impl: ConvImpl = 'split', weight_grad: WeightGrad = 'xla') -> Array:
   """NHWC x HWIO convolution with ``groups`` groups, kernel (kh, kw, in/groups, out).
 
   'split' runs one plain convolution per group on the channel slices and concatenates the outputs:
   the same numbers as ``feature_group_count=groups`` and several times faster forward+backward on
   XLA:CPU. The kernel keeps the single ``feature_group_count`` layout either way.
+  ``weight_grad`` (see :func:`conv2d`) applies to 'split' and ungrouped convolutions.
   """
-  dn = ('NHWC', 'HWIO', 'NHWC')
   strides = tuple(strides)
-  if groups == 1 or impl == 'feature_group_count':
-    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=dn,
+  if impl == 'feature_group_count' and groups > 1:
+    return lax.conv_general_dilated(x, kernel, strides, padding,
+                                    dimension_numbers=_DIMENSION_NUMBERS,
                                     feature_group_count=groups)
+  if groups == 1:
+    return conv2d(x, kernel, strides, padding, weight_grad)
   in_per_group = x.shape[-1] // groups
   out_per_group = kernel.shape[-1] // groups
   outs = [
-      lax.conv_general_dilated(
-          x[..., g * in_per_group:(g + 1) * in_per_group],
-          kernel[..., g * out_per_group:(g + 1) * out_per_group],
-          strides, padding, dimension_numbers=dn)
+      conv2d(x[..., g * in_per_group:(g + 1) * in_per_group],
+             kernel[..., g * out_per_group:(g + 1) * out_per_group],
+             strides, padding, weight_grad)
       for g in range(groups)
   ]
   return jnp.concatenate(outs, axis=-1)
@@ -262,9 +427,11 @@ class TowerConv(nn.Module):
   groups: int = 1
   kernel_init: Any = nn.initializers.normal(0.01)
   bias_init: Any = nn.initializers.zeros
-  conv_impl: Literal['split', 'feature_group_count'] = 'split'
+  conv_impl: ConvImpl = 'split'
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  weight_grad: WeightGrad = 'xla'
+  space_to_depth: bool = False  # VALID, square-strided, ungrouped only (conv1)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -278,8 +445,15 @@ class TowerConv(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
     dtype = self.dtype or jnp.result_type(x, kernel)
     pad = ((self.padding, self.padding),) * 2
-    y = grouped_conv(x.astype(dtype), kernel.astype(dtype), self.strides, pad, self.groups,
-                     self.conv_impl)
+    if self.space_to_depth and self.strides[0] > 1:
+      if self.groups != 1 or self.padding or self.strides[0] != self.strides[1]:
+        raise ValueError(f'{self.name}: space_to_depth needs an ungrouped, unpadded convolution '
+                         'with equal strides.')
+      y = space_to_depth_conv(x.astype(dtype), kernel.astype(dtype), self.strides[0],
+                              self.weight_grad)
+    else:
+      y = grouped_conv(x.astype(dtype), kernel.astype(dtype), self.strides, pad, self.groups,
+                       self.conv_impl, self.weight_grad)
     return y + bias.astype(dtype)
 
 
@@ -359,7 +533,10 @@ class AlexNet(nn.Module):
     dtype: compute dtype (e.g. ``jnp.bfloat16``); None computes in the parameters' dtype.
       Logits are always returned as float32.
     param_dtype: parameter dtype (float32).
-    pool_impl, lrn_impl, conv_impl: numerically equivalent implementations (speed only).
+    pool_impl, lrn_impl, conv_impl, lrn_grad, conv_weight_grad, conv1_impl: numerically
+      equivalent implementations (speed only; equal up to fp32 rounding): how pooling, the LRN
+      window sum, grouped convolutions, the LRN gradient and conv kernel gradients are computed,
+      and whether conv1 runs as a space-to-depth stride-1 convolution (experiments/PERF.md).
     model_axis, model_parallel_convs, model_parallel_fcs: model parallelism inside
       ``jax.shard_map`` (see the module docstring); leave ``model_axis=None`` on one device or
       in pure data parallelism.
@@ -381,7 +558,10 @@ class AlexNet(nn.Module):
   param_dtype: Dtype = jnp.float32
   pool_impl: PoolImpl = 'strided_slices'
   lrn_impl: LrnImpl = 'reduce_window'
-  conv_impl: Literal['split', 'feature_group_count'] = 'split'
+  conv_impl: ConvImpl = 'split'
+  lrn_grad: LrnGrad = 'autodiff'
+  conv_weight_grad: WeightGrad = 'xla'
+  conv1_impl: Conv1Impl = 'direct'
   model_axis: str | None = None
   model_parallel_convs: bool = True
   model_parallel_fcs: bool = True
@@ -399,7 +579,7 @@ class AlexNet(nn.Module):
       if not self.use_lrn:
         return y
       return local_response_norm(y, self.lrn_size, self.lrn_k, self.lrn_alpha, self.lrn_beta,
-                                 lrn_groups, self.lrn_impl)
+                                 lrn_groups, self.lrn_impl, self.lrn_grad)
     if self.lrn_after_pool:
       return lrn(max_pool(x, impl=self.pool_impl))
     return max_pool(lrn(x), impl=self.pool_impl)
@@ -428,7 +608,9 @@ class AlexNet(nn.Module):
       kernel_init, bias_init = self._init_fns(name)
       x = TowerConv(features // conv_shards, (ksize, ksize), (stride, stride), pad,
                     max(groups // conv_shards, 1), kernel_init, bias_init, self.conv_impl,
-                    self.dtype, self.param_dtype, name=name)(x)
+                    self.dtype, self.param_dtype, weight_grad=self.conv_weight_grad,
+                    space_to_depth=name == 'conv1' and self.conv1_impl == 'space_to_depth',
+                    name=name)(x)
       x = nn.relu(x)
       if name in ('conv1', 'conv2'):
         x = self._norm_pool(x, max(self.lrn_groups // conv_shards, 1))

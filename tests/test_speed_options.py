@@ -1,0 +1,165 @@
+"""The model's speed-only options compute the same function and the same gradients.
+
+``conv_weight_grad='matmul'`` (kernel gradients as matrix products), ``conv1_impl=
+'space_to_depth'`` and ``lrn_grad='closed_form'`` (a hand-written LRN VJP) change how XLA:CPU
+spends a training step (experiments/PERF.md), never the numbers beyond fp32 rounding: each is
+checked here against the plain XLA-differentiated path it replaces.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import train as train_lib
+
+DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _reference_conv(x, kernel, strides, padding):
+  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=DN,
+                                  precision=lax.Precision.HIGHEST)
+
+
+def _assert_close(got, want, rtol=2e-5):
+  got, want = np.asarray(got), np.asarray(want)
+  assert got.shape == want.shape
+  scale = np.max(np.abs(want))
+  assert scale > 0
+  np.testing.assert_allclose(got, want, rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize('ksize,stride,padding', [
+    (3, 1, ((1, 1), (1, 1))), (5, 1, ((2, 2), (2, 2))), (5, 4, ((0, 0), (0, 0))),
+    (3, 2, ((0, 1), (2, 0))), (3, 1, 'SAME'), (4, 3, 'VALID')])
+def test_matmul_weight_grad_equals_xla(ksize, stride, padding):
+  rng = np.random.default_rng(ksize * 10 + stride)
+  x = jnp.asarray(rng.normal(size=(2, 19, 17, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(ksize, ksize, 5, 7)), jnp.float32)
+  strides = (stride, stride)
+  out, vjp = jax.vjp(lambda a, k: model_lib.conv2d(a, k, strides, padding, 'matmul'), x, kernel)
+  ref, ref_vjp = jax.vjp(lambda a, k: _reference_conv(a, k, strides, padding), x, kernel)
+  _assert_close(out, ref)
+  cotangent = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  for got, want in zip(vjp(cotangent), ref_vjp(cotangent)):
+    _assert_close(got, want)
+
+
+def test_matmul_weight_grad_of_grouped_conv_and_bf16():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 9, 9, 8)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32)
+  pad = ((1, 1), (1, 1))
+  f = lambda wg: lambda k: jnp.sum(jnp.sin(model_lib.grouped_conv(x, k, (1, 1), pad, 2,
+                                                                   'split', wg)))
+  _assert_close(jax.grad(f('matmul'))(kernel), jax.grad(f('xla'))(kernel))
+  # bf16 compute: the kernel gradient keeps the kernel's dtype.
+  kb = kernel.astype(jnp.bfloat16)
+  xb = x[..., :4].astype(jnp.bfloat16)
+  g = jax.grad(lambda k: jnp.sum(model_lib.conv2d(xb, k, (1, 1), pad, 'matmul').astype(
+      jnp.float32)))(kb)
+  assert g.dtype == jnp.bfloat16
+
+
+def test_unknown_weight_grad_says_what_to_use():
+  with pytest.raises(ValueError, match="'xla' or 'matmul'"):
+    model_lib.conv2d(jnp.zeros((1, 5, 5, 1)), jnp.zeros((3, 3, 1, 1)), (1, 1), 'VALID', 'fast')
+
+
+@pytest.mark.parametrize('size,ksize,stride', [(227, 11, 4), (35, 11, 4), (30, 5, 3), (9, 2, 2)])
+@pytest.mark.parametrize('weight_grad', ['xla', 'matmul'])
+def test_space_to_depth_conv_equals_strided_conv(size, ksize, stride, weight_grad):
+  rng = np.random.default_rng(size + ksize)
+  batch = 1 if size > 100 else 2
+  x = jnp.asarray(rng.normal(size=(batch, size, size + 1, 3)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(ksize, ksize, 3, 4)), jnp.float32)
+  strides = (stride, stride)
+  out, vjp = jax.vjp(lambda a, k: model_lib.space_to_depth_conv(a, k, stride, weight_grad),
+                     x, kernel)
+  ref, ref_vjp = jax.vjp(lambda a, k: _reference_conv(a, k, strides, 'VALID'), x, kernel)
+  _assert_close(out, ref)
+  cotangent = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  for got, want in zip(vjp(cotangent), ref_vjp(cotangent)):
+    _assert_close(got, want)
+
+
+@pytest.mark.parametrize('impl', ['reduce_window', 'matmul', 'shifted_slices', 'cumsum'])
+@pytest.mark.parametrize('size,groups,beta', [(5, 2, 0.75), (4, 2, 0.75), (6, 1, 0.75),
+                                              (3, 4, 0.5)])
+def test_closed_form_lrn_gradient_equals_autodiff(impl, size, groups, beta):
+  rng = np.random.default_rng(size * groups)
+  # Large inputs: alpha * window sum ~ k, the nonlinear regime.
+  x = jnp.asarray(rng.normal(0, 100, (2, 3, 3, 16)), jnp.float32)
+  read_out = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+  def loss(grad):
+    return lambda a: jnp.sum(read_out * model_lib.local_response_norm(
+        a, size=size, beta=beta, groups=groups, impl=impl, grad=grad))
+
+  _assert_close(jax.grad(loss('closed_form'))(x), jax.grad(loss('autodiff'))(x))
+  _assert_close(model_lib.local_response_norm(x, size=size, beta=beta, groups=groups,
+                                              impl=impl, grad='closed_form'),
+                model_lib.local_response_norm(x, size=size, beta=beta, groups=groups,
+                                              impl=impl))
+
+
+def test_closed_form_lrn_gradient_matches_finite_differences():
+  """Independent of autodiff: central differences in float64."""
+  rng = np.random.default_rng(7)
+  x = rng.normal(0, 150, (1, 1, 2, 8))
+  read_out = rng.normal(size=x.shape)
+  with jax.enable_x64(True):
+    f = lambda a: jnp.sum(read_out * model_lib.local_response_norm(a, groups=2,
+                                                                   grad='closed_form'))
+    got = np.asarray(jax.grad(f)(jnp.asarray(x)))
+    want = np.zeros_like(x)
+    eps = 1e-4
+    for idx in np.ndindex(x.shape):
+      step = np.zeros_like(x)
+      step[idx] = eps
+      want[idx] = (float(f(jnp.asarray(x + step))) - float(f(jnp.asarray(x - step)))) / (2 * eps)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9 * np.abs(want).max())
+
+
+def test_bad_lrn_grad_says_what_to_use():
+  with pytest.raises(ValueError, match='closed_form'):
+    model_lib.local_response_norm(jnp.ones((1, 4)), grad='analytic')
+
+
+SPEED_OFF = dict(conv_weight_grad='xla', conv1_impl='direct', lrn_grad='autodiff')
+SPEED_ON = dict(conv_weight_grad='matmul', conv1_impl='space_to_depth', lrn_grad='closed_form')
+
+
+def test_whole_model_loss_and_gradients_agree(lrn_after_pool=False):
+  """The AlexNet loss and every parameter's gradient, all speed options on versus off (the
+  seed's pool-then-LRN order is checked against PyTorch in test_torch_twin.py)."""
+  rng = np.random.default_rng(1)
+  base = model_lib.AlexNet(num_classes=10, lrn_after_pool=lrn_after_pool)
+  shapes = jax.eval_shape(base.init, jax.random.key(0), jnp.zeros((1, 227, 227, 3)))['params']
+  # He-scaled weights and pixel-scale input: every layer (and LRN's nonlinearity) matters.
+  params = jax.tree_util.tree_map(
+      lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32) * (
+          np.sqrt(2.0 / np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0.1)), shapes)
+  images = jnp.asarray(rng.normal(0, 60, (2, 227, 227, 3)), jnp.float32)
+  labels = jnp.array([1, 7])
+
+  def value_and_grad(options):
+    model = base.clone(**options)
+    loss = lambda p: jnp.mean(train_lib.cross_entropy(model.apply({'params': p}, images),
+                                                      labels))
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  loss_on, grads_on = value_and_grad(SPEED_ON)
+  loss_off, grads_off = value_and_grad(SPEED_OFF)
+  assert float(loss_off) > 1.0
+  np.testing.assert_allclose(float(loss_on), float(loss_off), rtol=1e-5)
+  for layer in grads_off:
+    for leaf in ('kernel', 'bias'):
+      _assert_close(grads_on[layer][leaf], grads_off[layer][leaf], rtol=1e-4)
+
+
+def test_space_to_depth_needs_an_unpadded_ungrouped_conv():
+  conv = model_lib.TowerConv(4, (3, 3), (2, 2), padding=1, space_to_depth=True)
+  with pytest.raises(ValueError, match='space_to_depth'):
+    conv.init(jax.random.key(0), jnp.zeros((1, 9, 9, 2)))
