@@ -47,8 +47,9 @@ FIRST_STEPS = 3      # the first job stops here (checkpoints at 2 and 3)
 RESUMED_STEPS = 5    # the fresh job resumes from step 3 and stops here
 HEARTBEAT_S = 10     # a dead peer fails the job this soon (JAX's default is 100 s)
 JOB_TIMEOUT_S = 420  # one job, both processes (a loaded 2-core machine takes ~2 min)
-# Parameters of the 2-process run and of the reference differ only by the order of the
-# cross-process gradient sums (gloo vs in-process), a few float32 ulps after a few steps.
+# The 2-process run and the reference may differ only in the order of the cross-process
+# gradient sums (gloo vs in-process). With 2 data shards a sum is one addition, so they come out
+# identical here; the tolerance is float32 rounding, for reductions over more shards.
 PARAM_ATOL = 1e-6
 PARAM_RTOL = 1e-5
 
@@ -245,7 +246,8 @@ def _restore(setup: trainer.Setup, workdir, step: int):
   ckpts = checkpoint_lib.Checkpoints(str(workdir), async_save=False)
   try:
     steps = ckpts.all_steps()
-    state, meta = ckpts.restore(step, trainer._abstract_sharded(setup))  # pylint: disable=protected-access
+    target = trainer._abstract_sharded(setup)  # pylint: disable=protected-access
+    state, meta = ckpts.restore(step, target)
     return steps, _host(state), meta
   finally:
     ckpts.close()
@@ -274,8 +276,7 @@ def runs(tmp_path_factory, data_dir, setup):
   first = Job('first', logdir, workdir, data_dir, FIRST_STEPS)
   first.run_to_end()
   after_first = {'modes': _file_modes(workdir),
-                 'restored': _restore(setup, workdir, FIRST_STEPS),
-                 'metrics': (workdir / 'metrics.jsonl').read_text()}
+                 'restored': _restore(setup, workdir, FIRST_STEPS)}
   resumed = Job('resumed', logdir, workdir, data_dir, RESUMED_STEPS)
   resumed.run_to_end()
   return {'workdir': workdir, 'first': first, 'resumed': resumed, 'after_first': after_first,
