@@ -11,8 +11,10 @@ is given, so a checkpoint written under one mesh layout restores under any other
 from __future__ import annotations
 
 import json
-import logging
 import os
+import re
+import shutil
+import time
 from typing import Any
 
 import jax
@@ -21,6 +23,8 @@ import orbax.checkpoint as ocp
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
+DAMAGED_DIR = 'damaged_checkpoints'  # damaged checkpoints are moved here, not deleted
+_TMP_MARK = '.orbax-checkpoint-tmp'
 
 # Config fields that change the shapes or the function of the saved network: a workdir's
 # checkpoints cannot continue under a config that differs in any of them.
@@ -30,6 +34,21 @@ _ARCHITECTURE_FIELDS = ('model.num_classes', 'model.use_lrn', 'model.lrn_after_p
 
 class ConfigMismatchError(ValueError):
   """The workdir holds a run of a different, incompatible configuration."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, unwritable); the earlier ones are intact."""
+
+
+def _failure_reason(error: BaseException) -> str:
+  """The OS's words for a failed write (tensorstore reports errno as os_error_code='N')."""
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  match = re.search(r"os_error_code='?(\d+)", str(error))
+  if match:
+    return os.strerror(int(match.group(1)))
+  lines = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {lines[0][:200]}' if lines else type(error).__name__
 
 
 def _get(config: dict, dotted: str):
@@ -94,6 +113,7 @@ class Checkpoints:
         cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=('state', 'meta'))
+    self._in_flight = None  # the step of a save still being written in the background
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -112,11 +132,41 @@ class Checkpoints:
     return best
 
   def save(self, step: int, state: Any, meta: dict, val_top1_error: float | None = None) -> None:
-    """Saves ``state`` and ``meta`` at ``step`` (every process must call this)."""
+    """Saves ``state`` and ``meta`` at ``step`` (every process must call this).
+
+    With async saving this returns once the arrays are copied off the devices; a failure of the
+    background write surfaces at the next :meth:`save`, :meth:`wait` or :meth:`close`. Either
+    way a failed write raises :class:`CheckpointWriteError`; Orbax writes into a temporary
+    directory and renames it when complete, so earlier checkpoints are never touched.
+    """
+    self.wait()  # a failed previous write must be reported as that step's, not this one's
     metrics = None if val_top1_error is None else {'val_top1_error': float(val_top1_error)}
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        metrics=metrics, force=True)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          metrics=metrics, force=True)
+    except Exception as e:  # pylint: disable=broad-except  (any failure: the write failed)
+      raise self._write_error(step, e) from e
+    self._in_flight = step
+
+  def _write_error(self, step: int, error: BaseException) -> CheckpointWriteError:
+    """A clear error for a failed write of ``step``, after removing its partial directory."""
+    if jax.process_index() == 0 and os.path.isdir(self.directory):
+      # The half-written temporary directory only takes space (it never restores).
+      for name in os.listdir(self.directory):
+        if name.startswith(f'{step}{_TMP_MARK}'):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    try:
+      self.manager.reload()
+      latest = self.latest_step()
+    except Exception:  # pylint: disable=broad-except  (the message matters more than the step)
+      latest = None
+    intact = (f'the checkpoints already there are intact (the latest is step {latest})'
+              if latest is not None else 'no earlier checkpoint exists')
+    return CheckpointWriteError(
+        f'Could not write the checkpoint of step {step} in {self.directory} '
+        f'({_failure_reason(error)}); {intact}. Free disk space or move the workdir to a disk '
+        'with room, then run the same command to resume.')
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """(state, meta) of ``step``; arrays land with ``abstract_state``'s shardings."""
@@ -124,27 +174,71 @@ class Checkpoints:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored['state'], restored['meta']
 
-  def restore_latest_intact(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
-    """The newest checkpoint that restores; damaged newer ones are reported and skipped."""
+  def restore_latest_intact(self, abstract_state: Any,
+                            set_aside: bool = True) -> tuple[int, Any, dict] | None:
+    """The newest checkpoint that restores; damaged newer ones are reported and skipped.
+
+    With ``set_aside`` (training) the damaged ones are moved to ``<workdir>/damaged_checkpoints``
+    so that the resumed run can save those steps again (Orbax refuses an existing step).
+    """
+    damaged = []
+    found = None
     for step in reversed(self.all_steps()):
       try:
         state, meta = self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
         # A write cut short or damaged files: fall back to an older checkpoint.
-        logging.warning('Checkpoint %d in %s cannot be restored (%s: %s); falling back to an '
-                        'older one.', step, self.directory, type(e).__name__,
-                        str(e).splitlines()[0] if str(e) else '')
-        print(f'warning: checkpoint {step} is damaged or incomplete ({type(e).__name__}); '
-              'falling back to an older one.', flush=True)
+        damaged.append(step)
+        print(f'warning: checkpoint {step} in {self.directory} is damaged or incomplete '
+              f'({_failure_reason(e)}); falling back to an older one.', flush=True)
         continue
-      return step, state, meta
-    return None
+      found = (step, state, meta)
+      break
+    if damaged and set_aside:
+      self.set_aside(damaged, 'damaged')
+    return found
+
+  @property
+  def damaged_directory(self) -> str:
+    return os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
+
+  def set_aside(self, steps: list[int], why: str) -> None:
+    """Moves the checkpoints of ``steps`` to ``damaged_checkpoints/`` (process 0), then reloads.
+
+    Every process must call this. Nothing is deleted: the user may still want to look.
+    """
+    target = self.damaged_directory
+    if jax.process_index() == 0:
+      os.makedirs(target, exist_ok=True)
+      for step in steps:
+        source = os.path.join(self.directory, str(step))
+        if os.path.isdir(source):
+          destination = os.path.join(target, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+          shutil.move(source, destination)
+          print(f'warning: moved checkpoint {step} ({why}) to {destination}.', flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices('alexnet_jax_set_aside_damaged_checkpoints')
+    self.manager.reload()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Blocks until a background save is written; raises :class:`CheckpointWriteError` if not."""
+    step, self._in_flight = self._in_flight, None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(step if step is not None else -1, e) from e
+
+  def check(self) -> None:
+    """Raises :class:`CheckpointWriteError` now if a background save has failed (no waiting).
+
+    Without it a failed write would surface only at the next save, thousands of steps later.
+    """
+    if self._in_flight is not None and not self.manager.is_saving_in_progress():
+      self.wait()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
 
 

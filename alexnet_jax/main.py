@@ -12,7 +12,11 @@ JAX detects the cluster) the processes join one job through ``jax.distributed.in
 from __future__ import annotations
 
 import os
+import re
 import sys
+import threading
+import traceback
+import warnings
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
@@ -39,8 +43,123 @@ flags.DEFINE_bool('distributed', False,
                   'Cloud TPU) when no explicit coordinator flags are given.')
 flags.DEFINE_integer('heartbeat_timeout_seconds', None,
                      'Multi-process: how soon a dead peer fails the job.')
-config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'A config file (ml_collections).',
-                                lock_config=True)
+
+
+def _define_config_flag() -> None:
+  """Defines --config (once). ml_collections parses the default config and its --config.*
+  overrides right here, so a misspelt field fails here: :func:`_parse_flags` reports it."""
+  if 'config' not in FLAGS:
+    config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG,
+                                    'A config file (ml_collections).', lock_config=True)
+
+
+def _usage_error(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_path(argv) -> str:
+  for i, arg in enumerate(argv):
+    if arg.startswith(('--config=', '-config=')):
+      return arg.split('=', 1)[1]
+    if arg in ('--config', '-config') and i + 1 < len(argv):
+      return argv[i + 1]
+  return _DEFAULT_CONFIG
+
+
+def _unknown_field_message(error: BaseException, argv) -> str:
+  """'--config.optim.lerning_rate: no such field ...' from ml_collections' KeyError text."""
+  text = str(error)
+  names = re.findall(r'[A-Za-z_][A-Za-z0-9_]*', text)
+  field = names[0] if names else '?'
+  suggestion = re.search(r'Did you mean \W*([A-Za-z0-9_]+)', text)
+  override = next((a.split('=', 1)[0] for a in argv
+                   if a.lstrip('-').startswith('config.')
+                   and field in a.split('=', 1)[0].split('.')), f'--config.{field}')
+  hint = f' (did you mean {suggestion.group(1)!r}?)' if suggestion else ''
+  return (f'unknown config field {override}: the config has no field {field!r}{hint}; check '
+          f'the name against {_config_path(argv)}.')
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with every mistake in a flag reported as one ``error:`` line."""
+  try:
+    _define_config_flag()
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    lines = str(e).strip().splitlines()
+    _usage_error(f'{lines[0] if lines else e}; run with --helpfull to list the flags.')
+  except (AttributeError, KeyError) as e:  # a --config.<field> the config does not have
+    _usage_error(_unknown_field_message(e, argv))
+  except Exception as e:  # pylint: disable=broad-except  (the config file raised)
+    _config_file_error(e, argv)
+  try:
+    # A file that failed to load is an object raising on first use: use it now.
+    FLAGS.config.get('seed')
+  except Exception as e:  # pylint: disable=broad-except  (anything wrong in the user's file)
+    _config_file_error(e, argv)
+  return rest
+
+
+def _config_file_error(error: BaseException, argv) -> None:
+  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+  reason = lines[-1] if lines else ''
+  if not isinstance(error, OSError):
+    reason = f'{type(error).__name__}: {reason}' if reason else type(error).__name__
+  _usage_error(f'cannot load the config file {_config_path(argv)} ({reason}); pass an '
+               'ml_collections config file such as alexnet_jax/configs/default.py to --config.')
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+  """The package's own warnings (skipped files, ...) as one 'warning:' line each."""
+  if os.path.dirname(os.path.abspath(filename)).startswith(os.path.dirname(__file__)):
+    print(f'warning: {message}', file=file or sys.stderr, flush=True)
+  else:
+    _default_show_warning(message, category, filename, lineno, file, line)
+
+
+_default_show_warning = warnings.showwarning
+
+
+class _StderrFilter:
+  """``sys.stderr`` minus the 'Event loop is closed' tracebacks of a failed checkpoint write.
+
+  When a write fails (a full disk), Orbax's event loop closes while tensorstore still completes
+  the other chunks' futures, and tensorstore prints each completion's error straight to
+  sys.stderr (not through sys.excepthook). The failure is reported once, in plain words, by
+  the checkpoint code; these dozens of identical tracebacks would only bury that line. Every
+  other traceback passes through unchanged.
+  """
+
+  _HEADER = 'Traceback (most recent call last)'
+  _DROPPED = 'RuntimeError: Event loop is closed'
+
+  def __init__(self, stream):
+    self._stream = stream
+    self._held = None  # a traceback being written, held until its last line says what it is
+    self._lock = threading.Lock()
+
+  def write(self, text: str) -> int:
+    with self._lock:
+      if self._held is None and text.startswith(self._HEADER):
+        self._held = ''
+      if self._held is None:
+        return self._stream.write(text)
+      self._held += text
+      lines = self._held.splitlines()
+      # A traceback ends with its first unindented line after the header: the exception.
+      if len(lines) > 1 and self._held.endswith('\n') and not lines[-1].startswith((' ', '\t')):
+        held, self._held = self._held, None
+        if lines[-1].strip() != self._DROPPED:
+          self._stream.write(held)
+      return len(text)
+
+  def flush(self) -> None:
+    with self._lock:
+      self._stream.flush()
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
 
 
 def _initialize_distributed() -> None:
@@ -65,14 +184,20 @@ def _initialize_distributed() -> None:
 
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    raise ValueError(f'Unexpected arguments: {" ".join(argv[1:])}; flags take the form '
+                     '--name=value.')
   if not FLAGS.workdir:
-    raise app.UsageError('--workdir is required, e.g. --workdir runs/')
-  # Orbax and TF log every file operation at INFO; the user reads the progress bar instead.
-  logging.set_verbosity(logging.ERROR)
+    raise ValueError('--workdir is required, e.g. --workdir runs/')
+  # Orbax and TF log every file operation at INFO, and Orbax logs failed writes with their
+  # tracebacks at ERROR: the user reads the progress bar and the one-line messages instead.
+  verbose = bool(os.environ.get('ALEXNET_JAX_TRACEBACK'))
+  logging.set_verbosity(logging.ERROR if verbose else logging.FATAL)
+  warnings.showwarning = _show_warning
+  if not verbose:
+    sys.stderr = _StderrFilter(sys.stderr)
   _initialize_distributed()
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')  # tf.data only: TF must not take the accelerator
+  # TensorFlow is imported only by the input pipeline (which keeps it off the accelerators),
+  # after the checks of the workdir, the mesh and the batch sizes: those fail in seconds.
   from alexnet_jax import trainer  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   if FLAGS.mode == 'train':
@@ -89,18 +214,25 @@ _USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionErr
 def run() -> None:
   """Console entry point with clear one-line errors for what a user can cause."""
   try:
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
   except SystemExit:
     raise
   except KeyboardInterrupt:
     print('Interrupted.', file=sys.stderr)
     sys.exit(130)
-  except _USER_ERRORS as e:  # pylint: disable=broad-except
+  except Exception as e:  # pylint: disable=broad-except
     if os.environ.get('ALEXNET_JAX_TRACEBACK'):
       raise
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(2 if not isinstance(e, RuntimeError) else 1)
+    text = str(e).strip()
+    message = text.splitlines()[0] if text else type(e).__name__
+    if isinstance(e, _USER_ERRORS):
+      print(f'error: {message}', file=sys.stderr)
+      sys.exit(2 if not isinstance(e, RuntimeError) else 1)
+    # Not an error a user causes: say so, and where the traceback is.
+    last = traceback.extract_tb(e.__traceback__)[-1]
+    print(f'error: {type(e).__name__}: {message} (at {os.path.basename(last.filename)}:'
+          f'{last.lineno}; set ALEXNET_JAX_TRACEBACK=1 to see the traceback)', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

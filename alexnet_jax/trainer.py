@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import time
 from typing import Any
@@ -30,6 +31,10 @@ from alexnet_jax import train as train_lib
 
 class TrainingError(RuntimeError):
   """Training cannot go on (a diverged loss); the message says what to do."""
+
+
+# One checkpoint is about the size of the train state; keep this much more free for the rest.
+_FREE_SPACE_MARGIN_BYTES = 64 << 20
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> model_lib.AlexNet:
@@ -120,13 +125,11 @@ def check_batch_split_over_processes(mesh, layout: layout_lib.Layout,
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
-  """Dataset info, model, optimizer, mesh and the sharded steps for ``config``."""
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
-  info = input_pipeline.get_dataset_info(config.data)
-  num_classes = resolve_num_classes(config, info)
-  model = build_model(config, num_classes)
-  tx = optim.make_optimizer(config.optim)
-  optim.make_lr_policy(config.optim)  # refuse a bad policy before anything compiles
+  """Dataset info, model, optimizer, mesh and the sharded steps for ``config``.
+
+  The checks that need neither TensorFlow nor the dataset (mesh, batch sizes, model and
+  optimizer options) come first, so a typo fails in seconds.
+  """
   mesh = layout_lib.make_mesh(config.mesh.data, config.mesh.model)
   layout = layout_lib.get_layout(config.mesh.layout)
   layout_lib.check_batch(config.batch_size, mesh, layout)
@@ -135,12 +138,49 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     raise ValueError(f'The batch size {config.batch_size} does not divide over '
                      f'{jax.process_count()} processes; choose a multiple of it.')
   check_batch_split_over_processes(mesh, layout, config.batch_size)
+  build_model(config, num_classes=1)  # refuse a bad dtype or init scheme before the dataset
+  tx = optim.make_optimizer(config.optim)
+  optim.make_lr_policy(config.optim)  # refuse a bad policy before anything compiles
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  info = input_pipeline.get_dataset_info(config.data)
+  num_classes = resolve_num_classes(config, info)
+  model = build_model(config, num_classes)
   crop = config.data.crop_size
   abstract_state = jax.eval_shape(
       lambda rng: train_lib.create_train_state(rng, model, tx, (1, crop, crop, 3)),
       jax.random.PRNGKey(0))
   steps = layout_lib.make_steps(model, tx, mesh, layout, abstract_state)
   return Setup(config, info, model, tx, mesh, layout, steps, abstract_state)
+
+
+def state_bytes(abstract_state) -> int:
+  """Bytes of a train state: about the size of one checkpoint (Orbax writes it uncompressed)."""
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree_util.tree_leaves(abstract_state))
+
+
+def check_free_space(workdir: str, checkpoint_bytes: int, keep: int) -> None:
+  """Refuses a workdir whose disk cannot take one more checkpoint; warns if not ``keep`` more.
+
+  A new checkpoint is written completely before an old one is deleted, so one checkpoint's
+  size must be free at every save.
+  """
+  free = shutil.disk_usage(workdir).free
+  gib = 1 << 30
+  if free < checkpoint_bytes + _FREE_SPACE_MARGIN_BYTES:
+    raise checkpoint_lib.CheckpointWriteError(
+        f'The disk of --workdir {workdir} has {free / gib:.2f} GiB free but one checkpoint '
+        f'takes {checkpoint_bytes / gib:.2f} GiB; free space or choose a workdir on a larger '
+        'disk.')
+  if jax.process_index() == 0 and free < (keep + 1) * checkpoint_bytes:
+    print(f'warning: the disk of {workdir} has {free / gib:.2f} GiB free, less than the '
+          f'{keep + 1} checkpoints of {checkpoint_bytes / gib:.2f} GiB this run keeps; it may '
+          'fill up (checkpoint.keep sets how many are kept).', flush=True)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
 def _initial_state(s: Setup) -> train_lib.TrainState:
@@ -206,16 +246,49 @@ def evaluate_params(s: Setup, params, ten_crop: bool, max_batches: int = -1) -> 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the workdir's latest intact checkpoint) and evaluates every epoch.
 
+  What it does on each fault (the README's "When things go wrong"):
+
+  * SIGTERM / SIGINT: finishes the current step, saves a checkpoint and returns (the caller
+    exits 0); a second SIGINT stops at once.
+  * killed outright: the next run resumes from the last complete checkpoint and, given the
+    same config, continues exactly as if never interrupted (state, rng, data position,
+    learning-rate policy and running loss sums are all in the checkpoint).
+  * a damaged latest checkpoint: warned about, moved to ``damaged_checkpoints/``, and the run
+    resumes from the newest intact one.
+  * a NaN or Inf loss (or parameters): :class:`TrainingError` naming the step and the last
+    good checkpoint; nothing is saved after it.
+  * a failed checkpoint write (disk full): ``checkpoint.CheckpointWriteError``; earlier
+    checkpoints are untouched. Too little space for one checkpoint is refused before training.
+
   Returns the last evaluation's metrics (and 'step', 'stopped_by' when a signal stopped it).
   """
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   workdir = prepare_workdir(workdir)
   is_main = jax.process_index() == 0
-  s = setup(config)
-  checkpoint_lib.check_and_save_config(config, workdir, s.model.num_classes, write=is_main)
+  # Installed first: a preemption while the job starts up still ends it cleanly.
+  with _StopRequest() as stop:
+    s = setup(config)
+    from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    checkpoint_lib.check_and_save_config(config, workdir, s.model.num_classes, write=is_main)
+    check_free_space(workdir, state_bytes(s.abstract_state), config.checkpoint.keep)
+    ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.checkpoint.keep,
+                                       async_save=config.checkpoint.async_save)
+    try:
+      result = _train(config, workdir, s, ckpts, stop, input_pipeline)
+    except Exception:
+      # Let a save already under way finish: a process that exits mid-write loses it.
+      try:
+        ckpts.wait()
+      except Exception:  # pylint: disable=broad-except  (the first error is the one to report)
+        pass
+      raise
+  return result
+
+
+def _train(config, workdir, s: Setup, ckpts: checkpoint_lib.Checkpoints, stop: '_StopRequest',
+           input_pipeline) -> dict[str, Any]:
+  """The loop of :func:`train_and_evaluate`, from resuming to the final plots."""
+  is_main = jax.process_index() == 0
   policy = optim.make_lr_policy(config.optim)
-  ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.checkpoint.keep,
-                                     async_save=config.checkpoint.async_save)
 
   # Resume exactly where the last intact checkpoint left off, or start fresh.
   restored = ckpts.restore_latest_intact(_abstract_sharded(s))
@@ -230,6 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_main:
       print(f'Resuming from checkpoint at step {step} (epoch {epoch}, step {step_in_epoch} of '
             f'the epoch) in {ckpts.directory}.', flush=True)
+    policy_state = _rescale_learning_rate(policy, policy_state, meta, config, is_main)
   else:
     step, epoch, step_in_epoch = 0, 0, 0
     state = _initial_state(s)
@@ -247,115 +321,168 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = config.num_epochs * steps_per_epoch
   if config.max_steps > 0:
     total_steps = min(total_steps, config.max_steps)
-  last_good_step = step if restored is not None else None
+  if is_main:
+    print(f'Data: {s.info.num_train_examples} training and {s.info.num_eval_examples} '
+          f'validation examples in {s.model.num_classes} classes; {steps_per_epoch} steps per '
+          f'epoch, {total_steps} steps in all.', flush=True)
+  saved_step = step if restored is not None else None  # the newest checkpoint on disk
 
   def meta_now():
     return {'epoch': epoch, 'step_in_epoch': step_in_epoch,
             'lr_policy': {k: float(v) for k, v in policy_state.items()},
+            'config_learning_rate': float(config.optim.learning_rate),
             'loss_window': list(window), 'loss_since_eval': list(since_eval),
             'last_eval': last_eval}
 
+  def diverged(what: str, parent_step: int) -> TrainingError:
+    """The error for a non-finite value computed from the state after ``parent_step``."""
+    nonlocal saved_step
+    ckpts.wait()
+    moved = ''
+    if saved_step is not None and saved_step == parent_step:
+      # That checkpoint holds the very parameters that diverged: resuming from it would only
+      # diverge again, so it must not pass for a good one.
+      ckpts.set_aside([saved_step], f'its parameters gave a {what}')
+      moved = (f'; the checkpoint of step {saved_step}, whose parameters gave it, was moved to '
+               f'{ckpts.damaged_directory}')
+      saved_step = ckpts.latest_step()
+    if saved_step is not None:
+      where = (f'the last good checkpoint is step {saved_step} in {ckpts.directory}; run '
+               'again with a lower --config.optim.learning_rate to resume from it')
+    else:
+      where = ('no good checkpoint remains; lower --config.optim.learning_rate and train '
+               'again')
+    return TrainingError(f'The training diverged: {what} at step {parent_step + 1}, and nothing '
+                         f'was saved after it{moved} ({where}).')
+
   def save(val_error=None):
-    nonlocal last_good_step
+    nonlocal saved_step
+    # A finite loss so far does not make finite parameters (an overflowing update shows only
+    # in the next step's loss): never let a broken state push a good one out.
+    if not bool(_all_finite(state.params)):
+      raise diverged('NaN or Inf in the parameters', step - 1)
     ckpts.save(step, state, meta_now(), val_top1_error=val_error)
-    last_good_step = step
+    saved_step = step
 
   def check_finite(loss_value, at_step):
     if not math.isfinite(loss_value):
-      ckpts.wait()
-      where = (f'the last good checkpoint is step {last_good_step} in {ckpts.directory}'
-               if last_good_step is not None else 'no checkpoint was saved')
-      raise TrainingError(f'The training loss became {loss_value} at step {at_step}; nothing was '
-                          f'saved after it ({where}). Lower --config.optim.learning_rate and '
-                          'run again (a fresh --workdir, or this one to resume from it).')
+      raise diverged(f'a training loss of {loss_value}', at_step - 1)
 
   stopped_by = None
-  with _StopRequest() as stop:
-    while step < total_steps and stopped_by is None:
-      lr = policy.learning_rate(policy_state)
-      progress = report.EpochProgress(epoch, steps_per_epoch, step_in_epoch,
-                                      enabled=is_main and config.progress_bar)
-      batches = input_pipeline.train_batches(config.data, global_batch_size=config.batch_size,
-                                             seed=config.seed, epoch=epoch,
-                                             start_step=step_in_epoch)
-      tick, tick_step = time.perf_counter(), step
-      pending = []  # device metrics not yet read: reading each step would stall the pipeline
-      for batch in batches:
-        state, metrics = s.steps.train_step(state, layout_lib.place_batch(batch, s.steps))
-        step += 1
-        step_in_epoch += 1
-        pending.append(metrics['loss'])
-        at_log = step % config.log_every_steps == 0
-        at_save = step % config.checkpoint.every_steps == 0
-        end = step_in_epoch >= steps_per_epoch or step >= total_steps
-        if at_log or at_save or end or stop.signal_name or len(pending) >= 50:
-          losses = [float(x) for x in jax.device_get(pending)]
-          pending = []
-          for i, loss_value in enumerate(losses):
-            check_finite(loss_value, step - len(losses) + i + 1)
-          # Running sums (in the checkpoint too, so a resumed run logs the same numbers).
-          window = [window[0] + sum(losses), window[1] + len(losses)]
-          since_eval = [since_eval[0] + sum(losses), since_eval[1] + len(losses)]
-          now = time.perf_counter()
-          rate = (step - tick_step) * config.batch_size / max(now - tick, 1e-9)
-          progress.update(len(losses), loss=losses[-1], images_per_sec=rate)
-          tick, tick_step = now, step
-        if at_log and window[1]:
-          writer.write_train(step, epoch + step_in_epoch / steps_per_epoch, lr,
-                             window[0] / window[1])
-          window = [0.0, 0]
-        if stop.signal_name:
-          stopped_by = stop.signal_name
-          break
-        if at_save and not end:
-          save()
-        if end:
-          break
-      progress.close()
-      if stopped_by is not None:
+  while step < total_steps:
+    if stop.signal_name:  # arrived between epochs, during evaluation or while starting up
+      stopped_by = stop.signal_name
+      break
+    lr = policy.learning_rate(policy_state)
+    progress = report.EpochProgress(epoch, steps_per_epoch, step_in_epoch,
+                                    enabled=is_main and config.progress_bar)
+    batches = input_pipeline.train_batches(config.data, global_batch_size=config.batch_size,
+                                           seed=config.seed, epoch=epoch,
+                                           start_step=step_in_epoch)
+    tick, tick_step = time.perf_counter(), step
+    pending = []  # device metrics not yet read: reading each step would stall the pipeline
+    for batch in batches:
+      state, metrics = s.steps.train_step(state, layout_lib.place_batch(batch, s.steps))
+      step += 1
+      step_in_epoch += 1
+      pending.append(metrics['loss'])
+      at_log = step % config.log_every_steps == 0
+      at_save = step % config.checkpoint.every_steps == 0
+      end = step_in_epoch >= steps_per_epoch or step >= total_steps
+      if at_log or at_save or end or stop.signal_name or len(pending) >= 50:
+        losses = [float(x) for x in jax.device_get(pending)]
+        pending = []
+        for i, loss_value in enumerate(losses):
+          check_finite(loss_value, step - len(losses) + i + 1)
+        # Running sums (in the checkpoint too, so a resumed run logs the same numbers).
+        window = [window[0] + sum(losses), window[1] + len(losses)]
+        since_eval = [since_eval[0] + sum(losses), since_eval[1] + len(losses)]
+        now = time.perf_counter()
+        rate = (step - tick_step) * config.batch_size / max(now - tick, 1e-9)
+        progress.update(len(losses), loss=losses[-1], images_per_sec=rate)
+        tick, tick_step = now, step
+      if at_log:
+        ckpts.check()  # a background save that failed (disk full) stops the run now
+      if at_log and window[1]:
+        writer.write_train(step, epoch + step_in_epoch / steps_per_epoch, lr,
+                           window[0] / window[1])
+        window = [0.0, 0]
+      if stop.signal_name:
+        stopped_by = stop.signal_name
         break
-      if step_in_epoch >= steps_per_epoch:
-        epoch, step_in_epoch = epoch + 1, 0
-      # Evaluate at the end of every `every_epochs` epochs and of the run.
-      val_error = None
-      if step >= total_steps or (step_in_epoch == 0 and epoch % config.eval.every_epochs == 0):
-        results = evaluate_params(s, state.params, config.eval.ten_crop, config.eval.max_batches)
-        val_error = results['val_top1_error']
-        train_loss = since_eval[0] / since_eval[1] if since_eval[1] else None
-        since_eval = [0.0, 0]
-        at_epoch = epoch + step_in_epoch / steps_per_epoch
-        last_eval = {**results, 'step': step, 'epoch': at_epoch}
-        writer.write_eval(step, at_epoch, lr, train_loss, results['val_top1_error'],
-                          results['val_top5_error'], val_loss=results['val_loss'])
-        if is_main:
-          summary = {**results, 'lr': lr}
-          if train_loss is not None:
-            summary['train_loss'] = train_loss
-          print(report.format_eval_summary(at_epoch, step, summary), flush=True)
-        policy_state = policy.update(policy_state, epoch=epoch, val_top1_error=val_error)
-      elif step_in_epoch == 0:
-        policy_state = policy.update(policy_state, epoch=epoch)
-      new_lr = policy.learning_rate(policy_state)
-      if new_lr != lr:
-        state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, new_lr))
-        if is_main:
-          print(f'Learning rate {lr:.3g} -> {new_lr:.3g} at epoch {epoch}.', flush=True)
-      save(val_error)
+      if at_save and not end:
+        save()
+      if end:
+        break
+    progress.close()
+    if stopped_by is not None:
+      break
+    if step_in_epoch >= steps_per_epoch:
+      epoch, step_in_epoch = epoch + 1, 0
+    # Evaluate at the end of every `every_epochs` epochs and of the run.
+    val_error = None
+    if step >= total_steps or (step_in_epoch == 0 and epoch % config.eval.every_epochs == 0):
+      results = evaluate_params(s, state.params, config.eval.ten_crop, config.eval.max_batches)
+      val_error = results['val_top1_error']
+      train_loss = since_eval[0] / since_eval[1] if since_eval[1] else None
+      since_eval = [0.0, 0]
+      at_epoch = epoch + step_in_epoch / steps_per_epoch
+      last_eval = {**results, 'step': step, 'epoch': at_epoch}
+      writer.write_eval(step, at_epoch, lr, train_loss, results['val_top1_error'],
+                        results['val_top5_error'], val_loss=results['val_loss'])
+      if is_main:
+        summary = {**results, 'lr': lr}
+        if train_loss is not None:
+          summary['train_loss'] = train_loss
+        print(report.format_eval_summary(at_epoch, step, summary), flush=True)
+      policy_state = policy.update(policy_state, epoch=epoch, val_top1_error=val_error)
+    elif step_in_epoch == 0:
+      policy_state = policy.update(policy_state, epoch=epoch)
+    new_lr = policy.learning_rate(policy_state)
+    if new_lr != lr:
+      state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, new_lr))
+      if is_main:
+        print(f'Learning rate {lr:.3g} -> {new_lr:.3g} at epoch {epoch}.', flush=True)
+    save(val_error)
 
-  if stopped_by is not None:
+  if stopped_by is not None and step != (saved_step or 0):
     save()
   ckpts.close()
   writer.close()
   if is_main:
     if stopped_by is not None:
-      print(f'Stopped by {stopped_by}: saved a checkpoint at step {step}; run the same command '
-            'to resume.', flush=True)
+      if saved_step is None:
+        print(f'Stopped by {stopped_by} before the first step; nothing to save.', flush=True)
+      else:
+        print(f'Stopped by {stopped_by}: saved a checkpoint at step {step} in '
+              f'{ckpts.directory}; run the same command to resume.', flush=True)
     else:
       write_plots(workdir, state.params)
       print(f'Done: {step} steps. Checkpoints in {ckpts.directory}; metrics in '
             f'{os.path.join(workdir, report.METRICS_FILE)}; plots in '
             f'{os.path.join(workdir, "plots")}.', flush=True)
   return {**last_eval, 'step': step, 'stopped_by': stopped_by}
+
+
+def _rescale_learning_rate(policy, policy_state, meta, config, verbose: bool):
+  """A resumed run whose config changes the learning rate scales the checkpoint's schedule.
+
+  The checkpoint's policy state holds the current rate (after any decays); a new
+  ``config.optim.learning_rate`` multiplies it by new/old, so lowering the rate after a
+  divergence, or by hand as the paper did, takes effect from the resumed step on.
+  """
+  old = meta.get('config_learning_rate')
+  new = float(config.optim.learning_rate)
+  if old is None or float(old) == new or float(old) <= 0:
+    return policy_state
+  scale = new / float(old)
+  before = policy.learning_rate(policy_state)
+  policy_state = {k: (v * scale if k in ('learning_rate', 'base_lr') else v)
+                  for k, v in policy_state.items()}
+  if verbose:
+    print(f'config.optim.learning_rate is {new:g}, not {float(old):g} as in the checkpoint: the '
+          f'rate goes from {before:.3g} to {policy.learning_rate(policy_state):.3g}.', flush=True)
+  return policy_state
 
 
 def write_plots(workdir: str, params) -> None:
@@ -378,16 +505,28 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpoint_lib.check_and_save_config(config, workdir, s.model.num_classes, write=False)
   ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False)
   step = ckpts.best_step() if which == 'best' else None
+  label = 'best' if step is not None else 'latest'
   if step is None:
-    step = ckpts.latest_step()
-  state, _ = ckpts.restore(step, _abstract_sharded(s))
+    # The newest intact one (damaged ones are reported and skipped, but left where they are).
+    restored = ckpts.restore_latest_intact(_abstract_sharded(s), set_aside=False)
+    if restored is None:
+      raise FileNotFoundError(f'No checkpoint in {ckpts.directory} restores; train again with: '
+                              f'python -m alexnet_jax.main --workdir {workdir}')
+    step, state, _ = restored
+  else:
+    try:
+      state, _ = ckpts.restore(step, _abstract_sharded(s))
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'The best checkpoint (step {step}) in {ckpts.directory} is damaged ('
+                       f'{type(e).__name__}); evaluate the newest intact one with '
+                       '--checkpoint=latest.') from e
   ckpts.close()
-  results = {'step': int(step)}
+  results = {'step': int(step), 'checkpoint': label}
   for name, ten_crop in (('centre_crop', False), ('ten_crop', True)):
     r = evaluate_params(s, state.params, ten_crop, config.eval.max_batches)
     results[name] = r
     if jax.process_index() == 0:
-      print(f'checkpoint step {step}, {name.replace("_", " ")}: top-1 error '
+      print(f'checkpoint step {step} ({label}), {name.replace("_", " ")}: top-1 error '
             f'{100 * r["val_top1_error"]:.2f}%, top-5 error {100 * r["val_top5_error"]:.2f}% '
             f'on {r["val_examples"]} validation images', flush=True)
   return results
