@@ -1,0 +1,201 @@
+"""experiments/benchmark.py: its FLOP count, its outputs, and its --gpu logic, at toy sizes.
+
+The timings themselves are not tested (they depend on the machine); what is tested is that a
+run produces complete, self-describing results: every configuration, the raw step times, the
+ceiling, the FLOP counts (analytic and XLA's, which must agree), the table and the README
+section. The --gpu path runs on the CPU at batch 2 with a synthetic input pipeline.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from alexnet_jax import model as model_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, 'experiments', 'benchmark.py')
+
+
+def _load_benchmark():
+  spec = importlib.util.spec_from_file_location('alexnet_benchmark', SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up while being defined.
+  spec.loader.exec_module(module)
+  return module
+
+
+bench = _load_benchmark()
+
+
+def _has_torch() -> bool:
+  return importlib.util.find_spec('torch') is not None
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs
+# --------------------------------------------------------------------------------------------
+def _macs_from_the_model_table(num_classes=1000):
+  """Multiply-adds per image, derived from alexnet_jax.model's layer table and 227 input."""
+  size, channels, macs = 227, 3, {}
+  for name, features, ksize, stride, pad, groups in model_lib.CONV_LAYERS:
+    size = (size + 2 * pad - ksize) // stride + 1
+    macs[name] = size * size * features * ksize * ksize * channels // groups
+    channels = features
+    if name in ('conv1', 'conv2', 'conv5'):
+      size = (size - 3) // 2 + 1  # max-pool 3x3 / 2
+  assert size == 6
+  fan_in = size * size * channels
+  for name, features in model_lib.FC_LAYERS + (('fc8', num_classes),):
+    macs[name] = fan_in * features
+    fan_in = features
+  return macs
+
+
+def test_analytic_flops_follow_the_layer_table():
+  macs = _macs_from_the_model_table()
+  flops = bench.analytic_flops(1)
+  assert set(flops['per_image_by_layer']) == set(macs)
+  for name, m in macs.items():
+    layer = flops['per_image_by_layer'][name]
+    assert layer['forward'] == 2 * m
+    assert layer['weight_grad'] == 2 * m
+    assert layer['input_grad'] == (0 if name == 'conv1' else 2 * m)
+  assert flops['forward_per_image'] == 2 * sum(macs.values())
+  assert flops['step_per_image'] == 6 * sum(macs.values()) - 2 * macs['conv1']
+  # The paper's network: about 0.72 G multiply-adds forward per image.
+  assert 0.70e9 < sum(macs.values()) < 0.74e9
+  assert bench.analytic_flops(128)['step'] == 128 * flops['step_per_image']
+
+
+# --------------------------------------------------------------------------------------------
+# Configurations and reporting
+# --------------------------------------------------------------------------------------------
+def test_parse_config_presets_and_json():
+  assert bench.parse_config('torch_compile').mode == 'compile'
+  c = bench.parse_config('x={"base": "jax_fgc", "label": "mine", "model": {"lrn_impl": "matmul"},'
+                         ' "xla_flags": "--xla_cpu_use_xnnpack=false"}')
+  assert (c.name, c.kind, c.label) == ('x', 'jax', 'mine')
+  assert c.model == {**bench.PRESETS['jax_fgc'].model, 'lrn_impl': 'matmul'}
+  assert c.xla_flags == '--xla_cpu_use_xnnpack=false'
+  with pytest.raises(SystemExit, match='Unknown configuration'):
+    bench.parse_config('nope')
+
+
+def test_worker_env_has_one_device_and_the_flags(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=4 --foo=1')
+  env = bench.worker_env(bench.Config('a', 'jax', 'a', xla_flags='--bar=2'))
+  assert env['XLA_FLAGS'].split() == ['--foo=1', '--xla_force_host_platform_device_count=1',
+                                      '--bar=2']
+
+
+def test_update_readme_replaces_only_its_section(tmp_path):
+  readme = tmp_path / 'README.md'
+  readme.write_text(f'head\n{bench.README_START}\nold\n{bench.README_END}\ntail\n')
+  bench.update_readme(str(readme), '| new |\n')
+  assert readme.read_text() == f'head\n{bench.README_START}\n| new |\n{bench.README_END}\ntail\n'
+  (tmp_path / 'plain.md').write_text('no markers')
+  with pytest.raises(SystemExit, match='benchmark:start'):
+    bench.update_readme(str(tmp_path / 'plain.md'), 'x')
+
+
+def test_without_torch_the_jax_side_still_runs(monkeypatch):
+  monkeypatch.setattr(bench, 'torch_available', lambda: False)
+  data = bench.run_benchmark([bench.PRESETS['matmul_jax'], bench.PRESETS['torch_eager']], [2],
+                             steps=2, warmup=0, matmul_size=64, gap_s=0.0, log=lambda m: None)
+  assert [r['config'] for r in data['results']] == ['matmul_jax']
+  assert 'torch_eager' in data['notes'][0]
+  result = data['results'][0]
+  assert len(result['step_times_s']) == 2 and result['gflops'] > 0
+  assert result['peak_rss_mib'] >= result['rss_start_mib'] > 0
+  assert 'skipped torch_eager' in bench.markdown_report(data)
+
+
+def test_a_failing_worker_reports_its_error():
+  worker = bench.SubprocessWorker(bench.Config('bad', 'nope', 'bad'), 2, 0, 64)
+  with pytest.raises(RuntimeError, match='Unknown configuration kind'):
+    worker.start()
+  worker.kill()
+
+
+# --------------------------------------------------------------------------------------------
+# A whole run, as the command line does it
+# --------------------------------------------------------------------------------------------
+def test_command_line_run_writes_complete_results(tmp_path):
+  configs = ['matmul_jax', 'jax_default'] + (['matmul_torch', 'torch_eager']
+                                             if _has_torch() else [])
+  readme = tmp_path / 'README.md'
+  readme.write_text(f'# x\n{bench.README_START}\n{bench.README_END}\n')
+  out_json, out_md = tmp_path / 'b.json', tmp_path / 'b.md'
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run(
+      [sys.executable, SCRIPT, '--batch-sizes', '2', '--steps', '1', '--warmup', '0',
+       '--matmul-size', '64', '--gap', '0', '--configs', *configs, '--json', str(out_json),
+       '--markdown', str(out_md), '--readme', str(readme)],
+      capture_output=True, text=True, env=env, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  data = json.loads(out_json.read_text())
+  assert {'command', 'date', 'machine', 'settings', 'flops', 'results'} <= set(data)
+  assert data['machine']['cpu_count'] >= 1 and data['machine']['jax_version']
+  assert [r['config'] for r in data['results']] == configs
+  analytic = bench.analytic_flops(2)
+  for r in data['results']:
+    assert r['batch'] == 2 and len(r['step_times_s']) == 1
+    assert r['peak_rss_mib'] > 0 and r['first_step_s'] > 0
+    assert r['ceiling_gflops'] > 0
+    if r['kind'].startswith('matmul'):
+      assert r['flops'] == 2 * 64 ** 3
+      continue
+    assert r['analytic_flops'] == analytic['step']
+    assert r['images_per_s'] == pytest.approx(2 / r['median_s'])
+    assert r['fraction_of_ceiling'] == pytest.approx(r['gflops'] / r['ceiling_gflops'])
+    assert np.isfinite(r['losses'][0])
+    if r['kind'] == 'jax':
+      assert r['compile_s'] > 0
+      # XLA's own count of the compiled step agrees with the layer table's to within 10%
+      # (XLA skips the products with padding; elementwise ops add a little).
+      assert r['xla_flops_per_image'] == pytest.approx(analytic['step_per_image'], rel=0.1)
+  table = out_md.read_text()
+  assert table in readme.read_text()
+  assert '| images/s | batch 2 |' in table
+  for r in data['results']:
+    if not r['kind'].startswith('matmul'):
+      assert f'| {r["label"]} | 2 |' in table
+  assert data['command'] in table
+  assert proc.stdout.strip().endswith(table.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# --gpu: the same logic on the CPU at batch 2, with a synthetic input pipeline
+# --------------------------------------------------------------------------------------------
+def test_gpu_path_logic_on_cpu():
+  rng = np.random.default_rng(0)
+
+  def fake_pipeline(batch):
+    def batches():
+      while True:
+        yield {'image': rng.normal(size=(batch, 227, 227, 3)).astype(np.float32),
+               'label': rng.integers(0, 1000, batch).astype(np.int32)}
+    return 1000, batches()
+
+  # float32 defaults: the bf16 path only changes the model's dtype (tested in test_model.py).
+  data = bench.run_gpu([2], steps=2, warmup=0, matmul_size=64, model_options={}, chain=2,
+                       e2e_steps=2, e2e_batch=2, batches_factory=fake_pipeline,
+                       log=lambda m: None)
+  assert data['ceiling_gflops'] > 0
+  (train,) = [r for r in data['results'] if r['kind'] == 'jax']
+  assert train['batch'] == 2 and len(train['step_times_s']) == 2
+  assert train['images_per_s'] == pytest.approx(2 / train['median_s'])
+  assert train['fraction_of_ceiling'] == pytest.approx(
+      bench.analytic_flops(2)['step'] / train['median_s'] / 1e9 / data['ceiling_gflops'])
+  e2e = data['end_to_end']
+  assert e2e['batch'] == 2 and e2e['num_classes'] == 1000
+  for key in ('pipeline_images_per_s', 'step_images_per_s', 'end_to_end_images_per_s'):
+    assert e2e[key] > 0
+  assert e2e['bound_by'] in ('input pipeline', 'train step')
+  assert np.isfinite(e2e['final_loss'])
+  table = bench.gpu_markdown(data)
+  assert '| 2 |' in table and 'bounded by the' in table
