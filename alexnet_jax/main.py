@@ -217,8 +217,9 @@ def run() -> None:
     app.run(main, flags_parser=_parse_flags)
   except SystemExit:
     raise
-  except KeyboardInterrupt:
-    print('Interrupted.', file=sys.stderr)
+  except KeyboardInterrupt:  # a second Ctrl-C (the first asks for a clean stop)
+    print('Interrupted: the steps since the last checkpoint are lost; run the same command to '
+          'resume from it.', file=sys.stderr)
     sys.exit(130)
   except Exception as e:  # pylint: disable=broad-except
     if os.environ.get('ALEXNET_JAX_TRACEBACK'):
