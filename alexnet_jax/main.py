@@ -46,8 +46,11 @@ flags.DEFINE_integer('heartbeat_timeout_seconds', None,
 
 
 def _define_config_flag() -> None:
-  """Defines --config (once). ml_collections parses the default config and its --config.*
-  overrides right here, so a misspelt field fails here: :func:`_parse_flags` reports it."""
+  """Defines --config, once.
+
+  ml_collections loads the default config file and applies the --config.* overrides of
+  sys.argv right here, so a misspelt field raises here; :func:`_parse_flags` reports it.
+  """
   if 'config' not in FLAGS:
     config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG,
                                     'A config file (ml_collections).', lock_config=True)

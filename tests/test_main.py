@@ -13,6 +13,8 @@ import re
 import shutil
 
 import pytest
+from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator
 
 import tiny_config as tiny
 
@@ -82,7 +84,6 @@ def test_run_writes_checkpoints_metrics_tensorboard_plots_and_config(reference):
     previous = r['step']
 
   # TensorBoard: the same scalars, readable by TensorBoard itself.
-  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   events = os.listdir(os.path.join(workdir, 'tensorboard'))
   assert events and all(name.startswith('events.out.tfevents.') for name in events)
   accumulator = event_accumulator.EventAccumulator(os.path.join(workdir, 'tensorboard'))
@@ -94,7 +95,6 @@ def test_run_writes_checkpoints_metrics_tensorboard_plots_and_config(reference):
   assert [e.step for e in accumulator.Scalars('val_top1_error')] == [r['step'] for r in evals]
 
   # Both plots, as PNG images.
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   for name in ('curves.png', 'conv1_filters.png'):
     path = os.path.join(workdir, 'plots', name)
     with Image.open(path) as image:

@@ -7,6 +7,7 @@ an uninterrupted run), a damaged newest checkpoint, SIGTERM, a diverging loss, a
 write that fails, and the bad inputs a user can give, each of which must end in one
 ``error:`` line and no traceback.
 """
+import collections
 import concurrent.futures
 import math
 import os
@@ -150,7 +151,8 @@ def test_kill_9_at_three_points_and_a_damaged_checkpoint_then_resume_is_bit_iden
   assert result.returncode == 0, result
   assert TRACEBACK not in result.output, result
   assert re.search(r'warning: checkpoint 4 in \S+ is damaged or incomplete', result.output), result
-  assert re.search(r'warning: moved checkpoint 4 \(damaged\) to \S+damaged_checkpoints', result.output)
+  assert re.search(r'warning: moved checkpoint 4 \(damaged\) to \S+damaged_checkpoints',
+                   result.output)
   assert 'Resuming from checkpoint at step 2 (epoch 0, step 2 of the epoch)' in result.output
   assert 'Done: 8 steps.' in result.output
 
@@ -294,8 +296,8 @@ def test_too_little_free_space_is_refused_before_training(tmp_path, monkeypatch,
   one_checkpoint = 460 << 20
 
   def disk_with(free):
-    monkeypatch.setattr(trainer.shutil, 'disk_usage',
-                        lambda path: shutil._ntuple_diskusage(1 << 40, (1 << 40) - free, free))  # pylint: disable=protected-access
+    usage = collections.namedtuple('usage', 'total used free')(1 << 40, (1 << 40) - free, free)
+    monkeypatch.setattr(trainer.shutil, 'disk_usage', lambda path: usage)
 
   disk_with(100 << 20)
   with pytest.raises(checkpoint_lib.CheckpointWriteError,
