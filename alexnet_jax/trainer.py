@@ -318,7 +318,16 @@ def _train(config, workdir, s: Setup, ckpts: checkpoint_lib.Checkpoints, stop: '
   if steps_per_epoch < 1:
     raise ValueError(f'The training split has {s.info.num_train_examples} examples, fewer than '
                      f'one batch of {config.batch_size}; lower --config.batch_size.')
-  total_steps = config.num_epochs * steps_per_epoch
+  if restored is not None and int(meta.get('batch_size', config.batch_size)) != config.batch_size:
+    old_batch = int(meta['batch_size'])
+    step_in_epoch = position_for_batch_size(step_in_epoch, old_batch, config.batch_size,
+                                            steps_per_epoch)
+    if is_main:
+      print(f'The batch size is {config.batch_size}, not {old_batch} as in the checkpoint: the '
+            f'epoch continues at batch {step_in_epoch} of {steps_per_epoch}.', flush=True)
+  # The steps left to the end of the last epoch (the step count itself may hold batches of
+  # another size), capped by max_steps.
+  total_steps = step + (config.num_epochs - epoch) * steps_per_epoch - step_in_epoch
   if config.max_steps > 0:
     total_steps = min(total_steps, config.max_steps)
   if is_main:
@@ -328,7 +337,7 @@ def _train(config, workdir, s: Setup, ckpts: checkpoint_lib.Checkpoints, stop: '
   saved_step = step if restored is not None else None  # the newest checkpoint on disk
 
   def meta_now():
-    return {'epoch': epoch, 'step_in_epoch': step_in_epoch,
+    return {'epoch': epoch, 'step_in_epoch': step_in_epoch, 'batch_size': config.batch_size,
             'lr_policy': {k: float(v) for k, v in policy_state.items()},
             'config_learning_rate': float(config.optim.learning_rate),
             'loss_window': list(window), 'loss_since_eval': list(since_eval),
@@ -462,6 +471,18 @@ def _train(config, workdir, s: Setup, ckpts: checkpoint_lib.Checkpoints, stop: '
             f'{os.path.join(workdir, report.METRICS_FILE)}; plots in '
             f'{os.path.join(workdir, "plots")}.', flush=True)
   return {**last_eval, 'step': step, 'stopped_by': stopped_by}
+
+
+def position_for_batch_size(step_in_epoch: int, old_batch: int, new_batch: int,
+                            steps_per_epoch: int) -> int:
+  """Where a resumed epoch continues when the batch size changed.
+
+  At the first new batch that starts at or after the examples already seen (an epoch's example
+  order does not depend on the batch size), but never past the epoch's last batch, so that the
+  epoch still ends, evaluates and saves.
+  """
+  seen = step_in_epoch * old_batch
+  return min(-(-seen // new_batch), steps_per_epoch - 1)
 
 
 def _rescale_learning_rate(policy, policy_state, meta, config, verbose: bool):

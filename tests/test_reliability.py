@@ -21,6 +21,7 @@ import pytest
 
 import tiny_config as tiny
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import optim
 from alexnet_jax import trainer
 
 TRACEBACK = 'Traceback (most recent call last)'
@@ -260,6 +261,34 @@ def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(sess, refer
     _assert_same_checkpoint(ref_dir, workdir, tiny.TOTAL_STEPS)
   losses = [r['train_loss'] for r in tiny.read_metrics(workdir) if r.get('train_loss') is not None]
   assert all(math.isfinite(x) for x in losses)
+
+
+def test_a_lower_learning_rate_on_resume_scales_the_checkpoints_schedule(capsys):
+  """How a run resumed after a divergence takes the lower rate (in process)."""
+  config = tiny.get_config()
+  policy = optim.make_lr_policy(config.optim)
+  state = policy.update(policy.init(0.01), epoch=1)  # after the first epoch: 0.001
+  config.optim.learning_rate = 0.002
+  scaled = trainer._rescale_learning_rate(  # pylint: disable=protected-access
+      policy, state, {'config_learning_rate': 0.01}, config, verbose=True)
+  assert policy.learning_rate(scaled) == pytest.approx(0.0002)
+  assert policy.learning_rate(policy.update(scaled, epoch=1)) == pytest.approx(0.0002)
+  assert 'the rate goes from 0.001 to 0.0002' in capsys.readouterr().out
+  for meta in ({'config_learning_rate': 0.002}, {}):  # unchanged, or a checkpoint without it
+    assert trainer._rescale_learning_rate(  # pylint: disable=protected-access
+        policy, state, meta, config, verbose=True) == state
+
+
+@pytest.mark.parametrize('position, old, new, steps_per_epoch, expected', [
+    (2, 4, 8, 2, 1),   # 8 examples seen: the second batch of 8
+    (3, 4, 8, 2, 1),   # 12 seen: the next batch of 8 would start past them, but 1 is the last
+    (1, 8, 4, 4, 2),   # 8 seen: the third batch of 4
+    (0, 4, 8, 2, 0),
+    (5, 3, 4, 10, 4),  # 15 seen: batch 4 starts at example 16
+])
+def test_a_changed_batch_size_continues_the_epoch_after_the_examples_seen(
+    position, old, new, steps_per_epoch, expected):
+  assert trainer.position_for_batch_size(position, old, new, steps_per_epoch) == expected
 
 
 # --------------------------------------------------------------------------------------------
