@@ -40,7 +40,8 @@ flags.DEFINE_integer('num_processes', None, 'Multi-process: the number of proces
 flags.DEFINE_integer('process_id', None, 'Multi-process: this process\'s index.')
 flags.DEFINE_bool('distributed', False,
                   'Join a multi-process job with JAX\'s cluster auto-detection (SLURM, Open MPI, '
-                  'Cloud TPU) when no explicit coordinator flags are given.')
+                  'Cloud TPU) when no explicit coordinator flags are given. Implied when srun, '
+                  'mpirun or a multi-worker TPU slice started several processes.')
 flags.DEFINE_integer('heartbeat_timeout_seconds', None,
                      'Multi-process: how soon a dead peer fails the job.')
 
@@ -165,6 +166,22 @@ class _StderrFilter:
     return getattr(self._stream, name)
 
 
+def _launched_as_multiprocess_job() -> bool:
+  """True under a launcher JAX can read that started several processes (no flags needed).
+
+  SLURM's srun with more than one task, Open MPI's mpirun with more than one rank, or a Cloud
+  TPU slice with several workers. A single task (or ``sbatch`` without ``srun``) stays a
+  single-process job.
+  """
+  env = os.environ
+  if 'SLURM_STEP_ID' in env and int(env.get('SLURM_STEP_NUM_TASKS', env.get('SLURM_NTASKS', '1'))
+                                     or 1) > 1:
+    return True
+  if int(env.get('OMPI_COMM_WORLD_SIZE', '1') or 1) > 1:
+    return True
+  return len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1
+
+
 def _initialize_distributed() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   explicit = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
@@ -179,7 +196,7 @@ def _initialize_distributed() -> None:
       kwargs['heartbeat_timeout_seconds'] = FLAGS.heartbeat_timeout_seconds
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id, **kwargs)
-  elif FLAGS.distributed:
+  elif FLAGS.distributed or _launched_as_multiprocess_job():
     # The cluster gives the coordinator and the process ids; a dead peer must still fail fast.
     jax.distributed.initialize(**({'heartbeat_timeout_seconds': FLAGS.heartbeat_timeout_seconds}
                                   if FLAGS.heartbeat_timeout_seconds else {}))

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -377,10 +378,26 @@ def _train(config, workdir, s: Setup, ckpts: checkpoint_lib.Checkpoints, stop: '
     if not math.isfinite(loss_value):
       raise diverged(f'a training loss of {loss_value}', at_step - 1)
 
+  def agreed_stop(at_sync_point: bool) -> str | None:
+    """The signal to stop on, agreed by every process (a preemption may reach only one).
+
+    With several processes, they compare their requests only at steps that are sync points for
+    all of them; a process that stopped alone would leave the others waiting in a collective.
+    """
+    if jax.process_count() == 1:
+      return stop.signal_name
+    if not at_sync_point:
+      return None
+    asked = multihost_utils.process_allgather(np.int32(stop.signal_name is not None))
+    if not np.any(asked):
+      return None
+    return stop.signal_name or 'a signal to another process'
+
   stopped_by = None
   while step < total_steps:
-    if stop.signal_name:  # arrived between epochs, during evaluation or while starting up
-      stopped_by = stop.signal_name
+    # Arrived between epochs, during evaluation or while starting up.
+    stopped_by = agreed_stop(True)
+    if stopped_by is not None:
       break
     lr = policy.learning_rate(policy_state)
     progress = report.EpochProgress(epoch, steps_per_epoch, step_in_epoch,
@@ -398,7 +415,8 @@ def _train(config, workdir, s: Setup, ckpts: checkpoint_lib.Checkpoints, stop: '
       at_log = step % config.log_every_steps == 0
       at_save = step % config.checkpoint.every_steps == 0
       end = step_in_epoch >= steps_per_epoch or step >= total_steps
-      if at_log or at_save or end or stop.signal_name or len(pending) >= 50:
+      stopped_by = agreed_stop(at_log or at_save or end)
+      if at_log or at_save or end or stopped_by or len(pending) >= 50:
         losses = [float(x) for x in jax.device_get(pending)]
         pending = []
         for i, loss_value in enumerate(losses):
@@ -416,8 +434,7 @@ def _train(config, workdir, s: Setup, ckpts: checkpoint_lib.Checkpoints, stop: '
         writer.write_train(step, epoch + step_in_epoch / steps_per_epoch, lr,
                            window[0] / window[1])
         window = [0.0, 0]
-      if stop.signal_name:
-        stopped_by = stop.signal_name
+      if stopped_by is not None:
         break
       if at_save and not end:
         save()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -33,6 +34,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import report
 from alexnet_jax import input_pipeline as ip
 from alexnet_jax import layout as layout_lib
 from alexnet_jax import optim
@@ -128,17 +130,16 @@ class Job:
   def __init__(self, name: str, logdir, workdir, data_dir: str, max_steps: int,
                extra_overrides: dict | None = None,
                devices_per_process: int = DEVICES_PER_PROCESS, slurm: bool = False):
-    """``slurm``: no coordinator flags but ``--distributed`` in the environment of an ``srun``
-    step of 2 tasks on 2 nodes (what JAX's SLURM detection reads), on loopback."""
+    """``slurm``: no coordinator flags and no ``--distributed``, in the environment of an
+    ``srun`` step of 2 tasks on 2 nodes (what JAX's SLURM detection reads), on loopback: the
+    job must notice the launcher by itself."""
     self.name = name
     port = _free_port()
     address = f'127.0.0.1:{port}'
     common = [sys.executable, '-m', 'alexnet_jax.main', f'--workdir={workdir}',
               f'--heartbeat_timeout_seconds={HEARTBEAT_S}',
               *_config_flags(data_dir, max_steps, extra_overrides)]
-    if slurm:
-      common.append('--distributed')
-    else:
+    if not slurm:
       common += [f'--coordinator_address={address}', f'--coordinator_bind_address={address}',
                  f'--num_processes={NUM_PROCESSES}']
     self.procs, self.outs, self.errs = [], [], []
@@ -146,7 +147,7 @@ class Job:
       for p in range(NUM_PROCESSES):
         env = _child_env(devices_per_process)
         if slurm:
-          env.update(SLURM_JOB_ID='4242', SLURM_STEP_NODELIST='127.0.0.1',
+          env.update(SLURM_JOB_ID='4242', SLURM_STEP_ID='0', SLURM_STEP_NODELIST='127.0.0.1',
                      SLURM_STEP_NUM_NODES=str(NUM_PROCESSES), SLURM_NTASKS=str(NUM_PROCESSES),
                      SLURM_PROCID=str(p), SLURM_LOCALID='0', JAX_COORDINATOR_PORT=str(port),
                      JAX_COORDINATOR_BIND_ADDRESS=address)
@@ -388,7 +389,7 @@ def test_only_process_zero_writes_logs_and_both_save_checkpoints(runs):
 @pytest.mark.timeout(600)
 def test_slurm_job_joins_and_a_dead_peer_fails_it_within_the_heartbeat_timeout(
     tmp_path, data_dir):
-  """--distributed under (simulated) srun: JAX's SLURM detection joins the two processes.
+  """Under (simulated) srun, with no flags, JAX's SLURM detection joins the two processes.
 
   Killing process 1 then ends process 0 within the heartbeat timeout. Had the processes not
   joined, process 0 would train on alone; had --heartbeat_timeout_seconds not reached
@@ -447,3 +448,30 @@ def test_partial_coordinator_flags_are_refused(tmp_path):
       check=False)
   assert proc.returncode == 2, proc.stderr
   assert 'Pass all three of --coordinator_address, --num_processes' in proc.stderr
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_to_one_process_stops_every_process_at_one_saved_step(tmp_path, data_dir):
+  """A preemption that reaches only process 0: both processes agree on a step, save there
+  together and exit 0. (Stopping alone would leave process 1 waiting in a collective.)"""
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  job = Job('sigterm_one', tmp_path, workdir, data_dir, max_steps=1000)
+  try:
+    metrics = workdir / report.METRICS_FILE
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not (metrics.exists() and '"train"' in metrics.read_text()):
+      if any(p.poll() is not None for p in job.procs) or time.monotonic() > deadline:
+        pytest.fail('the job did not start training.\n' + job.report())
+      time.sleep(0.2)
+    job.procs[0].send_signal(signal.SIGTERM)
+    codes = job.wait(timeout=HEARTBEAT_S + 120)
+  finally:
+    job.kill()
+  assert codes == [0, 0], job.report()
+  out0 = open(job.outs[0], encoding='utf-8').read()
+  stopped = re.search(r'Stopped by SIGTERM: saved a checkpoint at step (\d+)', out0)
+  assert stopped, job.report()
+  step = int(stopped.group(1))
+  assert step in checkpoint_lib.Checkpoints(str(workdir), keep=3, async_save=False).all_steps()
+  assert step < 1000
