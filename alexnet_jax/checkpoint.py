@@ -149,9 +149,9 @@ class Checkpoints:
       raise self._write_error(step, e) from e
     self._in_flight = step
 
-  def _write_error(self, step: int, error: BaseException) -> CheckpointWriteError:
+  def _write_error(self, step: int | None, error: BaseException) -> CheckpointWriteError:
     """A clear error for a failed write of ``step``, after removing its partial directory."""
-    if jax.process_index() == 0 and os.path.isdir(self.directory):
+    if step is not None and jax.process_index() == 0 and os.path.isdir(self.directory):
       # The half-written temporary directory only takes space (it never restores).
       for name in os.listdir(self.directory):
         if name.startswith(f'{step}{_TMP_MARK}'):
@@ -163,8 +163,9 @@ class Checkpoints:
       latest = None
     intact = (f'the checkpoints already there are intact (the latest is step {latest})'
               if latest is not None else 'no earlier checkpoint exists')
+    which = f'the checkpoint of step {step}' if step is not None else 'a checkpoint'
     return CheckpointWriteError(
-        f'Could not write the checkpoint of step {step} in {self.directory} '
+        f'Could not write {which} in {self.directory} '
         f'({_failure_reason(error)}); {intact}. Free disk space or move the workdir to a disk '
         'with room, then run the same command to resume.')
 
@@ -227,7 +228,7 @@ class Checkpoints:
     try:
       self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      raise self._write_error(step if step is not None else -1, e) from e
+      raise self._write_error(step, e) from e
 
   def check(self) -> None:
     """Raises :class:`CheckpointWriteError` now if a background save has failed (no waiting).
