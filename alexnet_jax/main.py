@@ -140,22 +140,28 @@ class _StderrFilter:
 
   def __init__(self, stream):
     self._stream = stream
-    self._held = None  # a traceback being written, held until its last line says what it is
+    # Per thread: a traceback being written, held until its last line says what it is. Per
+    # thread, so that lines other threads write meanwhile (the job's own error line) pass.
+    self._held = {}
     self._lock = threading.Lock()
 
   def write(self, text: str) -> int:
+    thread = threading.get_ident()
     with self._lock:
-      if self._held is None and text.startswith(self._HEADER):
-        self._held = ''
-      if self._held is None:
+      held = self._held.get(thread)
+      if held is None and text.startswith(self._HEADER):
+        held = ''
+      if held is None:
         return self._stream.write(text)
-      self._held += text
-      lines = self._held.splitlines()
+      held += text
+      lines = held.splitlines()
       # A traceback ends with its first unindented line after the header: the exception.
-      if len(lines) > 1 and self._held.endswith('\n') and not lines[-1].startswith((' ', '\t')):
-        held, self._held = self._held, None
+      if len(lines) > 1 and held.endswith('\n') and not lines[-1].startswith((' ', '\t')):
+        self._held.pop(thread, None)
         if lines[-1].strip() != self._DROPPED:
           self._stream.write(held)
+      else:
+        self._held[thread] = held
       return len(text)
 
   def flush(self) -> None:

@@ -181,3 +181,36 @@ def test_a_config_of_another_network_is_refused_naming_the_difference(sess, refe
                       r'same config\.', errors[0]), errors[0]
   assert open(os.path.join(ref_dir, 'config.json'), encoding='utf-8').read() == config_before
   assert tiny.checkpoint_steps(ref_dir) == steps_before
+
+
+def test_stderr_filter_drops_event_loop_tracebacks_but_not_other_threads_lines():
+  """Tensorstore's 'Event loop is closed' tracebacks (written line by line from its threads)
+  are dropped; the job's own error line, written meanwhile from another thread, is kept."""
+  import io
+  import threading
+
+  from alexnet_jax import main as main_lib
+
+  out = io.StringIO()
+  stream = main_lib._StderrFilter(out)  # pylint: disable=protected-access
+  started, resume = threading.Event(), threading.Event()
+
+  def tensorstore_thread():
+    stream.write('Traceback (most recent call last):\n')
+    stream.write('  File "base_events.py", line 806, in call_soon_threadsafe\n')
+    started.set()
+    resume.wait(5)
+    stream.write('    self._check_closed()\n')
+    stream.write('RuntimeError: Event loop is closed\n')
+
+  worker = threading.Thread(target=tensorstore_thread)
+  worker.start()
+  started.wait(5)
+  stream.write('error: Could not write the checkpoint of step 10')
+  stream.write('\n')
+  resume.set()
+  worker.join(5)
+  stream.write('Traceback (most recent call last):\n  File "x.py", line 1, in f\nValueError: kept\n')
+  assert out.getvalue() == ('error: Could not write the checkpoint of step 10\n'
+                            'Traceback (most recent call last):\n  File "x.py", line 1, in f\n'
+                            'ValueError: kept\n')
