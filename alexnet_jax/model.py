@@ -194,9 +194,10 @@ def local_response_norm(x: Array, size: int = 5, k: float = 2.0, alpha: float = 
   boundary (the channels are split into ``groups`` equal contiguous groups).
 
   ``grad`` picks how the gradient is computed: 'autodiff' differentiates the forward ops;
-  'closed_form' (a ``jax.custom_vjp``) uses ``dx = dy s^-beta - 2 alpha beta x W'(dy x s^(-beta-1))``
-  with ``W'`` the mirrored window sum: one window sum and a few elementwise ops instead of the
-  transposes of every forward op (see experiments/PERF.md). Same numbers up to fp32 rounding.
+  'closed_form' (a ``jax.custom_vjp``) uses
+  ``dx = dy s^-beta - 2 alpha beta x W'(dy x s^(-beta-1))`` with ``W'`` the mirrored window
+  sum: one window sum and a few elementwise ops instead of the transposes of every forward op
+  (see experiments/PERF.md). Same numbers up to fp32 rounding.
 
   ``impl`` picks how the window sum is computed; all give the same numbers. Forward+backward
   on XLA:CPU, batch 32, fp32, 2 cores (``python experiments/lrn_formulations.py``), ms for
@@ -251,7 +252,76 @@ class LocalResponseNorm(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Pooling and the grouped (tower) convolution
 # --------------------------------------------------------------------------------------------
-PoolImpl = Literal['reduce_window', 'strided_slices']
+PoolImpl = Literal['reduce_window', 'strided_slices', 'strided_argmax']
+Auto = Literal['auto']
+
+
+def _pool_views(x: Array, window: int, stride: int) -> list[Array]:
+  """The window*window strided views of x, in row-major window order."""
+  n, h, w, c = x.shape
+  out_h = (h - window) // stride + 1
+  out_w = (w - window) // stride + 1
+  return [lax.slice(x, (0, i, j, 0),
+                    (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
+                    (1, stride, stride, 1))
+          for i in range(window) for j in range(window)]
+
+
+def _max_and_argmax(x: Array, window: int, stride: int) -> tuple[Array, Array]:
+  """The max over each window and the window index (row-major) of its first maximum."""
+  result, index = None, None
+  for k, view in enumerate(_pool_views(x, window, stride)):
+    if result is None:
+      result, index = view, jnp.zeros(view.shape, jnp.int8)
+    else:
+      # Strictly greater: ties keep the earlier element, as reduce_window's gradient does.
+      greater = view > result
+      result = jnp.where(greater, view, result)
+      index = jnp.where(greater, jnp.int8(k), index)
+  return result, index
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_argmax(x: Array, window: int, stride: int) -> Array:
+  return _max_and_argmax(x, window, stride)[0]
+
+
+def _max_pool_argmax_fwd(x, window, stride):
+  result, index = _max_and_argmax(x, window, stride)
+  # The input's spatial size travels as the shape of an empty array (residuals are arrays).
+  return result, (index, jnp.zeros((0,) + x.shape[1:3], x.dtype))
+
+
+def _max_pool_argmax_bwd(window, stride, residuals, dy):
+  # Each output's gradient goes to its window's first maximum. Window element (a, b) of output
+  # (i, j) is input (s*i + a, s*j + b): in the stride-phase plane (a % s, b % s) of the input
+  # (the inputs whose coordinates are congruent to it mod s) it sits at (i + a // s, j + b // s).
+  # So each plane's gradient is a sum of unit-stride shifted copies of the routed output
+  # gradient (pads without interior padding, which XLA fuses into one pass per plane), and the
+  # planes interleave back into the input: far less memory traffic than the autodiff of
+  # 'strided_slices' (one input-sized, interior-padded scatter per window element).
+  index, empty = residuals
+  height, width = empty.shape[1:]
+  n, out_h, out_w, c = dy.shape
+  s = stride
+  plane_h, plane_w = -(-height // s), -(-width // s)
+  planes = {}
+  for a in range(window):
+    for b in range(window):
+      routed = jnp.where(index == a * window + b, dy, jnp.zeros((), dy.dtype))
+      top, left = a // s, b // s
+      placed = jnp.pad(routed, ((0, 0), (top, plane_h - out_h - top),
+                                (left, plane_w - out_w - left), (0, 0)))
+      key = (a % s, b % s)
+      planes[key] = placed if key not in planes else planes[key] + placed
+  zeros = jnp.zeros((n, plane_h, plane_w, c), dy.dtype)
+  grid = jnp.stack([jnp.stack([planes.get((r, q), zeros) for q in range(s)], axis=3)
+                    for r in range(s)], axis=2)  # (n, plane_h, s, plane_w, s, c)
+  dx = grid.reshape(n, plane_h * s, plane_w * s, c)[:, :height, :width, :]
+  return (dx,)
+
+
+_max_pool_argmax.defvjp(_max_pool_argmax_fwd, _max_pool_argmax_bwd)
 
 
 def max_pool(x: Array, window: int = 3, stride: int = 2,
@@ -261,19 +331,20 @@ def max_pool(x: Array, window: int = 3, stride: int = 2,
   'strided_slices' takes the elementwise max of the window*window strided views; its gradient is
   a fused select instead of XLA:CPU's slow select-and-scatter (see experiments/PERF.md). Ties
   are broken differently from 'reduce_window' (they have measure zero for float activations).
+  'strided_argmax' computes the same max with the index of the first maximum and a hand-written
+  gradient (a ``jax.custom_vjp``) that routes each output's gradient to that element through
+  the input's stride-phase planes; ties go to the first maximum, as with 'reduce_window'.
   """
   if impl == 'reduce_window':
     return nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
-  n, h, w, c = x.shape
-  out_h = (h - window) // stride + 1
-  out_w = (w - window) // stride + 1
+  if impl == 'strided_argmax':
+    return _max_pool_argmax(x, window, stride)
+  if impl != 'strided_slices':
+    raise ValueError(f"pool impl must be 'reduce_window', 'strided_slices' or "
+                     f"'strided_argmax', got {impl!r}.")
   result = None
-  for i in range(window):
-    for j in range(window):
-      view = lax.slice(x, (0, i, j, 0),
-                       (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
-                       (1, stride, stride, 1))
-      result = view if result is None else jnp.maximum(result, view)
+  for view in _pool_views(x, window, stride):
+    result = view if result is None else jnp.maximum(result, view)
   return result
 
 
@@ -296,23 +367,29 @@ def conv_weight_grad_matmul(x: Array, dy: Array, kernel_shape: Sequence[int],
   kernel tap, the input view it multiplies (a strided slice of the padded input, flattened to
   (N*OH*OW, Cin)) transposed times the output gradient (N*OH*OW, Cout). Products accumulate
   in at least float32; the result is float32 (callers cast).
+
+  The taps run one after another in a ``lax.scan``: unrolled, XLA keeps every tap's input view
+  alive at once (about 1.7 GB at batch 128 for AlexNet), in a loop only one.
   """
   kh, kw, cin, cout = kernel_shape
   (pad_t, pad_b), (pad_l, pad_r) = padding
   xp = jnp.pad(x, ((0, 0), (pad_t, pad_b), (pad_l, pad_r), (0, 0)))
   n, out_h, out_w, _ = dy.shape
   sh, sw = strides
+  span_h, span_w = sh * (out_h - 1) + 1, sw * (out_w - 1) + 1
   dy_flat = dy.reshape(-1, cout)
   acc = jnp.promote_types(dy.dtype, jnp.float32)
-  taps = []
-  for i in range(kh):
-    for j in range(kw):
-      view = lax.slice(xp, (0, i, j, 0), (n, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1,
-                                          cin), (1, sh, sw, 1))
-      # An explicit (Cin, M) transpose, then a plain (Cin, M) x (M, Cout) product: measured
-      # faster on XLA:CPU than contracting the leading axes of both operands.
-      taps.append(jnp.dot(view.reshape(-1, cin).T, dy_flat, preferred_element_type=acc))
-  return jnp.stack(taps).reshape(kh, kw, cin, cout)
+
+  def tap(carry, offset):
+    window = lax.dynamic_slice(xp, (0, offset[0], offset[1], 0), (n, span_h, span_w, cin))
+    view = window[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else window
+    # An explicit (Cin, M) transpose, then a plain (Cin, M) x (M, Cout) product: measured
+    # faster on XLA:CPU than contracting the leading axes of both operands.
+    return carry, jnp.dot(view.reshape(-1, cin).T, dy_flat, preferred_element_type=acc)
+
+  offsets = jnp.asarray([(i, j) for i in range(kh) for j in range(kw)], jnp.int32)
+  _, taps = lax.scan(tap, None, offsets)
+  return taps.reshape(kh, kw, cin, cout)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -505,6 +582,18 @@ INITS = {
 }
 
 
+# What AlexNet's 'auto' implementation options become (see AlexNet and experiments/PERF.md).
+# XLA:CPU: kernel gradients as matrix products, conv1 as a space-to-depth stride-1
+# convolution, grouped convolutions as one convolution per group, max-pool with a hand-written
+# gradient: each one measured faster there than XLA's own path (whose convolution kernel
+# gradients, grouped convolutions and select-and-scatter are slow paths on XLA:CPU).
+CPU_IMPLS = {'pool_impl': 'strided_argmax', 'conv_impl': 'split', 'conv_weight_grad': 'matmul',
+             'conv1_impl': 'space_to_depth'}
+# Other backends (GPU, TPU): XLA's own implementations.
+XLA_NATIVE_IMPLS = {'pool_impl': 'reduce_window', 'conv_impl': 'feature_group_count',
+                    'conv_weight_grad': 'xla', 'conv1_impl': 'direct'}
+
+
 def _axis_size(axis_name: str | None) -> int:
   return 1 if axis_name is None else lax.axis_size(axis_name)
 
@@ -536,7 +625,10 @@ class AlexNet(nn.Module):
     pool_impl, lrn_impl, conv_impl, lrn_grad, conv_weight_grad, conv1_impl: numerically
       equivalent implementations (speed only; equal up to fp32 rounding): how pooling, the LRN
       window sum, grouped convolutions, the LRN gradient and conv kernel gradients are computed,
-      and whether conv1 runs as a space-to-depth stride-1 convolution (experiments/PERF.md).
+      and whether conv1 runs as a space-to-depth stride-1 convolution. 'auto' (the default)
+      takes :data:`CPU_IMPLS` when JAX's default backend is the CPU (the fastest measured on
+      XLA:CPU, experiments/PERF.md) and :data:`XLA_NATIVE_IMPLS` elsewhere (XLA's own
+      convolution gradients, grouped convolutions and pooling, which GPUs and TPUs run well).
     model_axis, model_parallel_convs, model_parallel_fcs: model parallelism inside
       ``jax.shard_map`` (see the module docstring); leave ``model_axis=None`` on one device or
       in pure data parallelism.
@@ -556,12 +648,12 @@ class AlexNet(nn.Module):
   init_scheme: Literal['paper', 'caffe'] = 'paper'
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
-  pool_impl: PoolImpl = 'strided_slices'
+  pool_impl: PoolImpl | Auto = 'auto'
   lrn_impl: LrnImpl = 'reduce_window'
-  conv_impl: ConvImpl = 'split'
-  lrn_grad: LrnGrad = 'autodiff'
-  conv_weight_grad: WeightGrad = 'xla'
-  conv1_impl: Conv1Impl = 'direct'
+  conv_impl: ConvImpl | Auto = 'auto'
+  lrn_grad: LrnGrad = 'closed_form'
+  conv_weight_grad: WeightGrad | Auto = 'auto'
+  conv1_impl: Conv1Impl | Auto = 'auto'
   model_axis: str | None = None
   model_parallel_convs: bool = True
   model_parallel_fcs: bool = True
@@ -574,15 +666,21 @@ class AlexNet(nn.Module):
     return (nn.initializers.normal(scheme['std'][name]),
             nn.initializers.constant(scheme['bias'][name]))
 
-  def _norm_pool(self, x: Array, lrn_groups: int) -> Array:
+  def impls(self) -> dict[str, str]:
+    """The implementation options in effect, with 'auto' resolved for JAX's default backend."""
+    table = CPU_IMPLS if jax.default_backend() == 'cpu' else XLA_NATIVE_IMPLS
+    chosen = {name: getattr(self, name) for name in CPU_IMPLS}
+    return {name: table[name] if value == 'auto' else value for name, value in chosen.items()}
+
+  def _norm_pool(self, x: Array, lrn_groups: int, pool_impl: str) -> Array:
     def lrn(y):
       if not self.use_lrn:
         return y
       return local_response_norm(y, self.lrn_size, self.lrn_k, self.lrn_alpha, self.lrn_beta,
                                  lrn_groups, self.lrn_impl, self.lrn_grad)
     if self.lrn_after_pool:
-      return lrn(max_pool(x, impl=self.pool_impl))
-    return max_pool(lrn(x), impl=self.pool_impl)
+      return lrn(max_pool(x, impl=pool_impl))
+    return max_pool(lrn(x), impl=pool_impl)
 
   @nn.compact
   def __call__(self, images: Array, train: bool = False) -> Array:
@@ -600,6 +698,7 @@ class AlexNet(nn.Module):
       if features % fc_shards:
         raise ValueError(f'{name}: {features} outputs do not split over {fc_shards} devices.')
 
+    impls = self.impls()
     dtype = self.dtype or self.param_dtype
     x = images.astype(dtype)
     for name, features, ksize, stride, pad, groups in CONV_LAYERS:
@@ -607,14 +706,14 @@ class AlexNet(nn.Module):
         x = _gather_features(x, conv_axis)  # conv3 sees both towers' maps.
       kernel_init, bias_init = self._init_fns(name)
       x = TowerConv(features // conv_shards, (ksize, ksize), (stride, stride), pad,
-                    max(groups // conv_shards, 1), kernel_init, bias_init, self.conv_impl,
-                    self.dtype, self.param_dtype, weight_grad=self.conv_weight_grad,
-                    space_to_depth=name == 'conv1' and self.conv1_impl == 'space_to_depth',
+                    max(groups // conv_shards, 1), kernel_init, bias_init, impls['conv_impl'],
+                    self.dtype, self.param_dtype, weight_grad=impls['conv_weight_grad'],
+                    space_to_depth=name == 'conv1' and impls['conv1_impl'] == 'space_to_depth',
                     name=name)(x)
       x = nn.relu(x)
       if name in ('conv1', 'conv2'):
-        x = self._norm_pool(x, max(self.lrn_groups // conv_shards, 1))
-    x = max_pool(x, impl=self.pool_impl)
+        x = self._norm_pool(x, max(self.lrn_groups // conv_shards, 1), impls['pool_impl'])
+    x = max_pool(x, impl=impls['pool_impl'])
 
     x = _gather_features(x, conv_axis)  # fc6 sees both towers' (6, 6, 128) maps, HWC order.
     if self.model_axis is not None and fc_axis is not None and conv_axis is None:

@@ -123,17 +123,21 @@ PRESETS: dict[str, Config] = {c.name: c for c in (
     Config('torch_channels_last', 'torch', 'PyTorch channels_last', mode='channels_last'),
     Config('torch_compile', 'torch', 'PyTorch torch.compile', mode='compile'),
     Config('jax_default', 'jax', 'JAX, model defaults'),
-    # The issue's starting points.
-    Config('jax_fgc', 'jax', 'JAX, feature_group_count=2, shifted-slices LRN, reduce_window pool',
+    # The issue's starting points, every implementation option spelled out.
+    Config('jax_fgc', 'jax', 'JAX, feature_group_count=2, jnp (shifted-slices) LRN',
            model={'conv_impl': 'feature_group_count', 'lrn_impl': 'shifted_slices',
-                  'pool_impl': 'reduce_window'}),
-    Config('jax_split_rwpool', 'jax', 'JAX, groups as two convs, reduce_window LRN and pool',
+                  'pool_impl': 'reduce_window', 'lrn_grad': 'autodiff',
+                  'conv_weight_grad': 'xla', 'conv1_impl': 'direct'}),
+    Config('jax_split_rw', 'jax', 'JAX, groups as two convs, LRN by reduce_window (before)',
            model={'conv_impl': 'split', 'lrn_impl': 'reduce_window',
-                  'pool_impl': 'reduce_window'}),
+                  'pool_impl': 'strided_slices', 'lrn_grad': 'autodiff',
+                  'conv_weight_grad': 'xla', 'conv1_impl': 'direct'}),
+    Config('jax_default_region', 'jax', 'JAX, model defaults, region-analysis copy insertion',
+           xla_flags='--xla_cpu_copy_insertion_use_region_analysis=true'),
     Config('jax_bf16', 'jax', 'JAX, model defaults, bf16 compute', model={'dtype': 'bfloat16'}),
 )}
 DEFAULT_CONFIGS = ('matmul_jax', 'matmul_torch', 'torch_eager', 'torch_channels_last',
-                   'torch_compile', 'jax_default', 'jax_fgc')
+                   'torch_compile', 'jax_default', 'jax_split_rw')
 
 
 def parse_config(text: str) -> Config:
@@ -213,6 +217,7 @@ class JaxTrainRunner:
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     self._jax = jax
     return {'compile_s': compile_s, 'xla_flops': float(cost.get('flops', float('nan'))),
+            'impls': {**model.impls(), 'lrn_impl': model.lrn_impl, 'lrn_grad': model.lrn_grad},
             'device': str(jax.devices()[0].device_kind), 'platform': jax.default_backend(),
             'jax_version': jax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
@@ -223,6 +228,39 @@ class JaxTrainRunner:
     self._jax.block_until_ready((self.state, metrics))
     elapsed = (time.perf_counter() - start) / self.chain
     return elapsed, float(metrics['loss'])
+
+
+def xla_step_flops(batch: int, num_classes: int = 1000) -> float:
+  """XLA's cost analysis of the train step differentiated by XLA itself (no custom VJPs).
+
+  The network's FLOP count from XLA's side. The step as configured may compute kernel
+  gradients in a ``lax.scan``, whose body XLA's cost analysis counts once, not once per
+  iteration: so the count is taken from the XLA-native formulation of the same step.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  model = model_lib.AlexNet(num_classes=num_classes, **model_lib.XLA_NATIVE_IMPLS)
+  tx = optim.sgd_with_injected_lr(LEARNING_RATE)
+  state = jax.eval_shape(lambda: train.create_train_state(jax.random.key(0), model, tx))
+  batch_shapes = {'image': jax.ShapeDtypeStruct((batch, 227, 227, 3), jnp.float32),
+                  'label': jax.ShapeDtypeStruct((batch,), jnp.int32)}
+  step_fn, _ = train.make_single_device_steps(model, tx)
+  cost = step_fn.lower(state, batch_shapes).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops'])
+
+
+def xla_step_flops_subprocess(batch: int) -> float:
+  """:func:`xla_step_flops` in a fresh one-device process (the parent never imports JAX)."""
+  proc = subprocess.run([sys.executable, SCRIPT, '--xla-flops', str(batch)],
+                        capture_output=True, text=True, check=False,
+                        env=worker_env(Config('xla_flops', 'jax', 'xla_flops')))
+  if proc.returncode:
+    raise RuntimeError(f'XLA FLOP count failed:\n{proc.stderr[-3000:]}')
+  return float(proc.stdout.strip().splitlines()[-1])
 
 
 class TorchTrainRunner:
@@ -324,19 +362,56 @@ def make_runner(config: Config, batch: int, matmul_size: int, num_classes: int =
   raise ValueError(f'Unknown configuration kind {config.kind!r}.')
 
 
+class RssSampler:
+  """The highest RSS seen by a background thread sampling every ``interval_s`` while active.
+
+  ``ru_maxrss`` is the process's high-water mark since it started (imports, setup, compilation
+  included); this one covers only the timed steps: the memory a step itself needs.
+  """
+
+  def __init__(self, interval_s: float = 0.005):
+    import threading  # pylint: disable=g-import-not-at-top
+    self.interval_s, self.peak_mib = interval_s, 0.0
+    self._active = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True)
+    self._thread.start()
+
+  def _run(self):
+    import psutil  # pylint: disable=g-import-not-at-top
+    process = psutil.Process()
+    while True:
+      self._active.wait()
+      self.peak_mib = max(self.peak_mib, process.memory_info().rss / 2**20)
+      time.sleep(self.interval_s)
+
+  def __enter__(self):
+    self._active.set()
+    return self
+
+  def __exit__(self, *exc):
+    self._active.clear()
+
+
 class LocalWorker:
   """A runner driven in this process, with the same protocol as :class:`SubprocessWorker`."""
 
-  def __init__(self, runner, warmup: int):
+  def __init__(self, runner, warmup: int, sample_rss: bool = False):
     self.runner, self.warmup = runner, warmup
+    self.sampler = RssSampler() if sample_rss else None
 
   def start(self) -> dict:
     info = self.runner.setup()
-    return {**info, **_first_and_warmup(self.runner, self.warmup)}
+    info['peak_rss_after_setup_mib'] = _peak_rss_mib()
+    return {**info, **_first_and_warmup(self.runner, self.warmup),
+            'peak_rss_after_warmup_mib': _peak_rss_mib()}
 
   def step(self) -> dict:
     before = os.times()
-    t, loss = self.runner.step()
+    if self.sampler is not None:
+      with self.sampler:
+        t, loss = self.runner.step()
+    else:
+      t, loss = self.runner.step()
     after = os.times()
     # CPU seconds of this process over the step (all threads): less sensitive than wall time to
     # other processes' load, but it includes thread pools' spin-waiting.
@@ -344,7 +419,10 @@ class LocalWorker:
     return {'t': t, 'loss': loss, 'cpu_s': cpu}
 
   def finish(self) -> dict:
-    return {'peak_rss_mib': _peak_rss_mib(), 'rss_end_mib': _rss_mib()}
+    out = {'peak_rss_mib': _peak_rss_mib(), 'rss_end_mib': _rss_mib()}
+    if self.sampler is not None:
+      out['step_peak_rss_mib'] = self.sampler.peak_mib
+    return out
 
 
 def _first_and_warmup(runner, warmup: int) -> dict:
@@ -456,7 +534,7 @@ def worker_main(spec_json: str) -> None:
         __import__('torch' if 'torch' in config.kind else 'jax')
         baseline = _rss_mib()
         runner = make_runner(config, spec['batch'], spec['matmul_size'], spec['num_classes'])
-        worker = LocalWorker(runner, spec['warmup'])
+        worker = LocalWorker(runner, spec['warmup'], sample_rss=True)
         info = worker.start()
         reply({**info, 'rss_start_mib': baseline, 'rss_ready_mib': _rss_mib(),
                'pid': os.getpid()})
@@ -551,8 +629,14 @@ def run_benchmark(configs: Sequence[Config], batch_sizes: Sequence[int], steps: 
       log('NOTE: ' + notes[-1])
     configs = [c for c in configs if c.kind not in ('torch', 'matmul_torch')]
   meta = machine_info()
+  flops_by_batch = {}
   for batch in batch_sizes:
     flops = analytic_flops(batch)
+    if any(c.kind == 'jax' for c in configs):
+      log(f'batch {batch}: XLA\'s FLOP count of the step')
+      flops['xla_step'] = xla_step_flops_subprocess(batch)
+      flops['xla_step_per_image'] = flops['xla_step'] / batch
+    flops_by_batch[str(batch)] = flops
     workers, infos = {}, {}
     try:
       for config in configs:
@@ -587,7 +671,7 @@ def run_benchmark(configs: Sequence[Config], batch_sizes: Sequence[int], steps: 
                    'matmul_size': matmul_size, 'gap_s': gap_s, 'dtype': 'float32',
                    'alternation': 'one worker process per configuration; round-robin, one step '
                                   'per configuration per round, order rotated each round'},
-      'flops': {str(b): analytic_flops(b) for b in batch_sizes},
+      'flops': flops_by_batch,
       'notes': notes,
       'results': results,
   }
@@ -639,8 +723,12 @@ def markdown_report(data: dict) -> str:
     lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
   lines.append('')
   flops = data['flops'][str(batches[0])]
+  xla = (f'; XLA\'s cost analysis of the XLA-differentiated step: '
+         f'{flops["xla_step_per_image"] / 1e9:.3f} G' if 'xla_step_per_image' in flops else '')
   lines.append(f'FLOPs per image (analytic: forward {flops["forward_per_image"] / 1e9:.3f} G, '
-               f'step {flops["step_per_image"] / 1e9:.3f} G).')
+               f'step {flops["step_per_image"] / 1e9:.3f} G{xla}). GFLOP/s below count the '
+               f'analytic step FLOPs; "XLA GFLOP/image" is the cost analysis of each compiled '
+               f'step as configured (a lax.scan body counted once).')
   ceilings = [r for r in results if r['kind'].startswith('matmul')]
   if ceilings:
     lines.append('Matmul ceiling, fp32 ' + ', '.join(
@@ -649,7 +737,7 @@ def markdown_report(data: dict) -> str:
   lines += ['',
             '| configuration | batch | images/s | ms/step median (min-max) | GFLOP/s | '
             '% of ceiling | CPU s/step | XLA GFLOP/image | compile s | first step s | '
-            'peak RSS MiB (after imports) |',
+            'peak RSS MiB: process / timed steps / after import |',
             '|---|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     lines.append(
@@ -659,7 +747,13 @@ def markdown_report(data: dict) -> str:
         f'{r["median_cpu_s"]:.2f} | '
         f'{_fmt(r.get("xla_flops_per_image", float("nan")) / 1e9, ".3f")} | '
         f'{_fmt(r.get("compile_s"), ".1f")} | {r["first_step_s"]:.1f} | '
-        f'{r["peak_rss_mib"]:.0f} ({r["rss_start_mib"]:.0f}) |')
+        f'{r["peak_rss_mib"]:.0f} / {_fmt(r.get("step_peak_rss_mib"), ".0f")} / '
+        f'{r["rss_start_mib"]:.0f} |')
+  lines += ['', 'Peak RSS: the process\'s high-water mark (ru_maxrss: imports, setup, compilation '
+            'and steps; torch.compile compiles in helper processes, not counted), the highest '
+            'RSS sampled every 5 ms during the timed steps, and the RSS right after importing '
+            'the framework. CPU s/step: CPU time of the worker over a step, all threads (less '
+            'sensitive to other load than wall time; includes spin-waiting).']
   for note in data.get('notes', []):
     lines += ['', f'Note: {note}']
   return '\n'.join(lines) + '\n'
@@ -708,9 +802,15 @@ _CONV_ARGS = {name: (features, ksize, stride, pad, groups)
 PROFILE_VARIANTS = {
     'conv_impl': [(b, impl, {'conv_impl': impl}) for b in ('conv2', 'conv4', 'conv5')
                   for impl in ('split', 'feature_group_count')],
-    'conv1': [('conv1', impl, {'conv1_impl': impl}) for impl in ('direct', 'space_to_depth')],
+    'conv_weight_grad': [(b, wg, {'conv_weight_grad': wg})
+                         for b in ('conv2', 'conv3', 'conv4', 'conv5')
+                         for wg in ('xla', 'matmul')],
+    'conv1': [('conv1', f'{impl}, weight grad {wg}', {'conv1_impl': impl, 'conv_weight_grad': wg})
+              for impl in ('direct', 'space_to_depth') for wg in ('xla', 'matmul')],
     'lrn_impl': [(b, impl, {'lrn_impl': impl}) for b in ('norm1', 'norm2')
                  for impl in ('reduce_window', 'matmul', 'shifted_slices', 'cumsum')],
+    'lrn_grad': [(b, grad, {'lrn_grad': grad}) for b in ('norm1', 'norm2')
+                 for grad in ('autodiff', 'closed_form')],
     'pool_impl': [(b, impl, {'pool_impl': impl}) for b in ('pool1', 'pool2', 'pool5')
                   for impl in ('strided_slices', 'reduce_window')],
 }
@@ -745,20 +845,22 @@ def _jax_block(block: str, batch: int, options: dict):
     kernel = normal((ksize, ksize, shape[-1] // groups, features), 0.01)
     bias = jnp.zeros((features,))
     impl = options.get('conv_impl', 'split')
-    conv1_impl = options.get('conv1_impl', 'direct')
+    weight_grad = options.get('conv_weight_grad', 'xla')
+    space_to_depth = block == 'conv1' and options.get('conv1_impl') == 'space_to_depth'
 
     def f(kernel, bias, x):
-      if block == 'conv1' and conv1_impl == 'space_to_depth':
-        y = model_lib.conv1_space_to_depth(x, kernel) if hasattr(
-            model_lib, 'conv1_space_to_depth') else _conv1_space_to_depth(x, kernel)
+      if space_to_depth:
+        y = model_lib.space_to_depth_conv(x, kernel, stride, weight_grad)
       else:
-        y = model_lib.grouped_conv(x, kernel, (stride, stride), ((pad, pad),) * 2, groups, impl)
+        y = model_lib.grouped_conv(x, kernel, (stride, stride), ((pad, pad),) * 2, groups, impl,
+                                   weight_grad)
       return jax.nn.relu(y + bias)
     args = (kernel, bias, x)
     argnums = (0, 1) if block == 'conv1' else (0, 1, 2)
   elif block.startswith('norm'):
     impl = options.get('lrn_impl', 'reduce_window')
-    f = lambda x: model_lib.local_response_norm(x, groups=2, impl=impl)
+    grad = options.get('lrn_grad', 'autodiff')
+    f = lambda x: model_lib.local_response_norm(x, groups=2, impl=impl, grad=grad)
     args, argnums = (x,), (0,)
   elif block.startswith('pool'):
     impl = options.get('pool_impl', 'strided_slices')
@@ -787,28 +889,6 @@ def _jax_block(block: str, batch: int, options: dict):
                      *[a[i] for i in argnums])
     return vjp(cotangent)
   return jax.jit(f), jax.jit(fwd_bwd), args
-
-
-def _conv1_space_to_depth(x, kernel):
-  """conv1 (11x11, stride 4, valid) as a 3x3 stride-1 conv on 4x4 space-to-depth blocks."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jax import lax  # pylint: disable=g-import-not-at-top
-  n, h, w, c = x.shape
-  block = 4
-  hp, wp = -(-h // block) * block, -(-w // block) * block
-  x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
-  x = x.reshape(n, hp // block, block, wp // block, block, c).transpose(0, 1, 3, 2, 4, 5)
-  x = x.reshape(n, hp // block, wp // block, block * block * c)
-  k = kernel.shape[0]
-  kb = -(-k // block)
-  kp = jnp.pad(kernel, ((0, kb * block - k), (0, kb * block - k), (0, 0), (0, 0)))
-  kp = kp.reshape(kb, block, kb, block, c, -1).transpose(0, 2, 1, 3, 4, 5)
-  kp = kp.reshape(kb, kb, block * block * c, -1)
-  out_h = (h - k) // block + 1
-  out_w = (w - k) // block + 1
-  y = lax.conv_general_dilated(x, kp, (1, 1), 'VALID',
-                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  return y[:, :out_h, :out_w, :]
 
 
 def _torch_block(block: str, batch: int):
@@ -1073,11 +1153,16 @@ def profile_main(args):
       write_outputs({'op_profiles': out, 'machine': machine_info()}, '', args.json, None)
     return out
   out = []
+  jax_configs = [c for c in (parse_config(c) for c in args.configs) if c.kind == 'jax']
   for batch in args.batch_sizes or [32]:
-    prof = profile_layers(batch, {}, args.steps, torch_available(), args.profile_variants)
-    table = profile_markdown(prof)
-    print(table, flush=True)
-    out.append(prof)
+    for i, config in enumerate(jax_configs):
+      # PyTorch's blocks and the variant tables once per batch size (they do not depend on
+      # the configuration's options beyond what each variant sets).
+      prof = profile_layers(batch, config.model, args.steps, torch_available() and i == 0,
+                            args.profile_variants if i == 0 else [])
+      prof['config'] = config.name
+      print(f'### {config.name}: {config.label}\n\n' + profile_markdown(prof), flush=True)
+      out.append(prof)
   if args.json and args.json != DEFAULT_JSON:
     write_outputs({'profiles': out, 'machine': machine_info()}, '', args.json, None)
   return out
@@ -1293,6 +1378,7 @@ def parse_args(argv=None):
                  help=f'with --gpu: JSON AlexNet options over {GPU_MODEL_OPTIONS}')
   p.add_argument('--data-dir', default=None, help='with --gpu: TFDS data_dir for the embedded set')
   p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
+  p.add_argument('--xla-flops', type=int, default=None, help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
 
@@ -1300,6 +1386,9 @@ def main(argv=None) -> dict | None:
   args = parse_args(argv)
   if args.worker is not None:
     worker_main(args.worker)
+    return None
+  if args.xla_flops is not None:
+    print(xla_step_flops(args.xla_flops))
     return None
   if args.gpu:
     return gpu_main(args)

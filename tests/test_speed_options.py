@@ -1,7 +1,8 @@
 """The model's speed-only options compute the same function and the same gradients.
 
 ``conv_weight_grad='matmul'`` (kernel gradients as matrix products), ``conv1_impl=
-'space_to_depth'`` and ``lrn_grad='closed_form'`` (a hand-written LRN VJP) change how XLA:CPU
+'space_to_depth'``, ``lrn_grad='closed_form'`` (a hand-written LRN VJP) and
+``pool_impl='strided_argmax'`` (a hand-written max-pool VJP) change how XLA:CPU
 spends a training step (experiments/PERF.md), never the numbers beyond fp32 rounding: each is
 checked here against the plain XLA-differentiated path it replaces.
 """
@@ -122,13 +123,40 @@ def test_closed_form_lrn_gradient_matches_finite_differences():
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9 * np.abs(want).max())
 
 
+@pytest.mark.parametrize('shape,window,stride', [
+    ((2, 55, 55, 3), 3, 2), ((2, 27, 27, 4), 3, 2), ((2, 13, 13, 5), 3, 2), ((1, 8, 9, 2), 3, 2),
+    ((2, 17, 16, 3), 2, 2), ((2, 17, 16, 3), 3, 3), ((2, 17, 16, 3), 5, 2), ((2, 17, 16, 3), 2, 3)])
+def test_strided_argmax_pool_equals_reduce_window(shape, window, stride):
+  rng = np.random.default_rng(sum(shape) + window * stride)
+  # A permutation: no ties, one maximum per window.
+  x = jnp.asarray(rng.permutation(np.prod(shape)).reshape(shape) / np.prod(shape), jnp.float32)
+  out, vjp = jax.vjp(lambda a: model_lib.max_pool(a, window, stride, 'strided_argmax'), x)
+  ref, ref_vjp = jax.vjp(lambda a: model_lib.max_pool(a, window, stride, 'reduce_window'), x)
+  np.testing.assert_array_equal(out, ref)
+  cotangent = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  np.testing.assert_allclose(vjp(cotangent)[0], ref_vjp(cotangent)[0], rtol=0, atol=1e-6)
+
+
+def test_strided_argmax_pool_routes_ties_like_reduce_window():
+  """All-equal windows (ReLU zeros): the gradient goes to each window's first element."""
+  x = jnp.zeros((1, 7, 7, 2), jnp.float32)
+  _, vjp = jax.vjp(lambda a: model_lib.max_pool(a, impl='strided_argmax'), x)
+  _, ref_vjp = jax.vjp(lambda a: model_lib.max_pool(a, impl='reduce_window'), x)
+  cotangent = jnp.arange(1.0, 19.0).reshape(1, 3, 3, 2)
+  np.testing.assert_array_equal(vjp(cotangent)[0], ref_vjp(cotangent)[0])
+  with pytest.raises(ValueError, match='strided_argmax'):
+    model_lib.max_pool(x, impl='argmax')
+
+
 def test_bad_lrn_grad_says_what_to_use():
   with pytest.raises(ValueError, match='closed_form'):
     model_lib.local_response_norm(jnp.ones((1, 4)), grad='analytic')
 
 
-SPEED_OFF = dict(conv_weight_grad='xla', conv1_impl='direct', lrn_grad='autodiff')
-SPEED_ON = dict(conv_weight_grad='matmul', conv1_impl='space_to_depth', lrn_grad='closed_form')
+SPEED_OFF = dict(conv_weight_grad='xla', conv1_impl='direct', lrn_grad='autodiff',
+                 pool_impl='reduce_window')
+SPEED_ON = dict(conv_weight_grad='matmul', conv1_impl='space_to_depth', lrn_grad='closed_form',
+                pool_impl='strided_argmax')
 
 
 def test_whole_model_loss_and_gradients_agree(lrn_after_pool=False):
