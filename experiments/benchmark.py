@@ -812,7 +812,7 @@ PROFILE_VARIANTS = {
     'lrn_grad': [(b, grad, {'lrn_grad': grad}) for b in ('norm1', 'norm2')
                  for grad in ('autodiff', 'closed_form')],
     'pool_impl': [(b, impl, {'pool_impl': impl}) for b in ('pool1', 'pool2', 'pool5')
-                  for impl in ('strided_slices', 'reduce_window')],
+                  for impl in ('strided_argmax', 'strided_slices', 'reduce_window')],
 }
 
 
@@ -825,6 +825,10 @@ def _jax_block(block: str, batch: int, options: dict):
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   keys = iter(jax.random.split(jax.random.key(0), 8))
   shape = dict(PROFILE_BLOCKS)[block]
+  # Unset options take the model's own defaults ('auto' resolved for this backend).
+  defaults = model_lib.AlexNet()
+  options = {**defaults.impls(), 'lrn_impl': defaults.lrn_impl, 'lrn_grad': defaults.lrn_grad,
+             **options}
   normal = lambda s, scale=1.0: jax.random.normal(next(keys), s, jnp.float32) * scale
   if block == 'sgd':
     model = model_lib.AlexNet()
@@ -844,9 +848,9 @@ def _jax_block(block: str, batch: int, options: dict):
     features, ksize, stride, pad, groups = _CONV_ARGS[block]
     kernel = normal((ksize, ksize, shape[-1] // groups, features), 0.01)
     bias = jnp.zeros((features,))
-    impl = options.get('conv_impl', 'split')
-    weight_grad = options.get('conv_weight_grad', 'xla')
-    space_to_depth = block == 'conv1' and options.get('conv1_impl') == 'space_to_depth'
+    impl = options['conv_impl']
+    weight_grad = options['conv_weight_grad']
+    space_to_depth = block == 'conv1' and options['conv1_impl'] == 'space_to_depth'
 
     def f(kernel, bias, x):
       if space_to_depth:
@@ -858,12 +862,12 @@ def _jax_block(block: str, batch: int, options: dict):
     args = (kernel, bias, x)
     argnums = (0, 1) if block == 'conv1' else (0, 1, 2)
   elif block.startswith('norm'):
-    impl = options.get('lrn_impl', 'reduce_window')
-    grad = options.get('lrn_grad', 'autodiff')
+    impl = options['lrn_impl']
+    grad = options['lrn_grad']
     f = lambda x: model_lib.local_response_norm(x, groups=2, impl=impl, grad=grad)
     args, argnums = (x,), (0,)
   elif block.startswith('pool'):
-    impl = options.get('pool_impl', 'strided_slices')
+    impl = options['pool_impl']
     f = lambda x: model_lib.max_pool(x, impl=impl)
     args, argnums = (x,), (0,)
   else:
