@@ -437,15 +437,13 @@ def conv2d(x: Array, kernel: Array, strides: Sequence[int], padding,
   raise ValueError(f"weight_grad must be 'xla' or 'matmul', got {weight_grad!r}.")
 
 
-def space_to_depth_conv(x: Array, kernel: Array, stride: int,
-                        weight_grad: WeightGrad = 'xla') -> Array:
-  """A VALID ``stride`` x ``stride`` strided convolution as a stride-1 convolution on blocks.
+def space_to_depth_blocks(x: Array, kernel: Array, stride: int) -> tuple[Array, Array]:
+  """The image and kernel of a VALID strided convolution cut into ``stride x stride`` blocks.
 
-  The image is cut into ``stride x stride`` blocks stacked on the channel axis (227x227x3 ->
-  57x57x48 for conv1) and the kernel likewise, zero-padded to whole blocks (11x11x3 -> 3x3x48):
-  the same products and sums (the padded taps multiply zeros), laid out as a dense stride-1
-  convolution with 16 times the input channels, which XLA:CPU runs far faster than a stride-4
-  convolution over 3 channels. The kernel keeps its (kh, kw, cin, cout) layout.
+  Returns ``(blocks, block_kernel)``: the image's blocks stacked on the channel axis (227x227x3
+  -> 57x57x48 for conv1) and the kernel likewise, zero-padded to whole blocks (11x11x3 ->
+  3x3x48), so that a VALID stride-1 convolution of the two is the strided convolution (the
+  padded taps multiply zeros). See :func:`space_to_depth_conv`.
   """
   n, h, w, c = x.shape
   kh, kw, _, cout = kernel.shape
@@ -462,7 +460,21 @@ def space_to_depth_conv(x: Array, kernel: Array, stride: int,
   k = jnp.pad(kernel, ((0, bh * s - kh), (0, bw * s - kw), (0, 0), (0, 0)))
   k = k.reshape(bh, s, bw, s, c, cout).transpose(0, 2, 1, 3, 4, 5).reshape(bh, bw, s * s * c,
                                                                            cout)
-  return conv2d(x, k, (1, 1), ((0, 0), (0, 0)), weight_grad)
+  return x, k
+
+
+def space_to_depth_conv(x: Array, kernel: Array, stride: int,
+                        weight_grad: WeightGrad = 'xla') -> Array:
+  """A VALID ``stride`` x ``stride`` strided convolution as a stride-1 convolution on blocks.
+
+  The image is cut into ``stride x stride`` blocks stacked on the channel axis (227x227x3 ->
+  57x57x48 for conv1) and the kernel likewise, zero-padded to whole blocks (11x11x3 -> 3x3x48):
+  the same products and sums (the padded taps multiply zeros), laid out as a dense stride-1
+  convolution with 16 times the input channels, which XLA:CPU runs far faster than a stride-4
+  convolution over 3 channels. The kernel keeps its (kh, kw, cin, cout) layout.
+  """
+  blocks, block_kernel = space_to_depth_blocks(x, kernel, stride)
+  return conv2d(blocks, block_kernel, (1, 1), ((0, 0), (0, 0)), weight_grad)
 
 
 def grouped_conv(x: Array, kernel: Array, strides: Sequence[int], padding, groups: int,

@@ -16,20 +16,11 @@ from alexnet_jax import model as model_lib
 
 
 def space_to_depth(x, kernel, stride=4):
-  """The blocked input and kernel of ``model.space_to_depth_conv`` (same layout)."""
-  n, h, w, c = x.shape
-  kh, kw, _, cout = kernel.shape
-  s = stride
-  out_h, out_w = (h - kh) // s + 1, (w - kw) // s + 1
-  bh, bw = -(-kh // s), -(-kw // s)
-  rows, cols = (out_h + bh - 1) * s, (out_w + bw - 1) * s
-  x = x[:, :rows, :cols, :]
-  x = jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]), (0, 0)))
-  x = x.reshape(n, rows // s, s, cols // s, s, c).transpose(0, 1, 3, 2, 4, 5)
-  x = x.reshape(n, rows // s, cols // s, s * s * c)
-  k = jnp.pad(kernel, ((0, bh * s - kh), (0, bw * s - kw), (0, 0), (0, 0)))
-  k = k.reshape(bh, s, bw, s, c, cout).transpose(0, 2, 1, 3, 4, 5)
-  return x, k.reshape(bh, bw, s * s * c, cout), out_h, out_w
+  """``model.space_to_depth_blocks`` and conv1's output size."""
+  blocks, block_kernel = model_lib.space_to_depth_blocks(x, kernel, stride)
+  out_h = (x.shape[1] - kernel.shape[0]) // stride + 1
+  out_w = (x.shape[2] - kernel.shape[1]) // stride + 1
+  return blocks, block_kernel, out_h, out_w
 
 
 def im2col_gemm(x, kernel):
