@@ -679,10 +679,11 @@ class AlexNet(nn.Module):
             nn.initializers.constant(scheme['bias'][name]))
 
   def impls(self) -> dict[str, str]:
-    """The implementation options in effect, with 'auto' resolved for JAX's default backend."""
+    """Every implementation option in effect, 'auto' resolved for JAX's default backend."""
     table = CPU_IMPLS if jax.default_backend() == 'cpu' else XLA_NATIVE_IMPLS
     chosen = {name: getattr(self, name) for name in CPU_IMPLS}
-    return {name: table[name] if value == 'auto' else value for name, value in chosen.items()}
+    resolved = {name: table[name] if value == 'auto' else value for name, value in chosen.items()}
+    return {**resolved, 'lrn_impl': self.lrn_impl, 'lrn_grad': self.lrn_grad}
 
   def _norm_pool(self, x: Array, lrn_groups: int, pool_impl: str) -> Array:
     def lrn(y):

@@ -179,9 +179,14 @@ def eval_step(params, batch: dict[str, jax.Array], *, model: model_lib.AlexNet,
   })
 
 
-def make_single_device_steps(model: model_lib.AlexNet, tx: optax.GradientTransformation
-                             ) -> tuple[Callable, Callable]:
-  """Jitted (train_step, eval_step) on one device, no mesh (the reference for the layouts)."""
-  train = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx), donate_argnums=0)
+def make_single_device_steps(model: model_lib.AlexNet, tx: optax.GradientTransformation,
+                             donate_state: bool = True) -> tuple[Callable, Callable]:
+  """Jitted (train_step, eval_step) on one device, no mesh (the reference for the layouts).
+
+  ``donate_state``: the train step reuses the old state's buffers for the new one (the caller's
+  state is consumed); off only to measure what donation saves (experiments/PERF.md).
+  """
+  train = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx),
+                  donate_argnums=0 if donate_state else ())
   evaluate = jax.jit(lambda p, b: eval_step(p, b, model=model))
   return train, evaluate

@@ -111,6 +111,7 @@ class Config:
   model: dict = dataclasses.field(default_factory=dict)  # AlexNet kwargs (JAX)
   mode: str = 'eager'            # torch: 'eager', 'channels_last', 'compile'
   xla_flags: str = ''            # extra XLA_FLAGS for this JAX worker
+  donate: bool = True            # JAX: the step reuses the donated state's buffers
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -135,6 +136,7 @@ PRESETS: dict[str, Config] = {c.name: c for c in (
     Config('jax_default_region', 'jax', 'JAX, model defaults, region-analysis copy insertion',
            xla_flags='--xla_cpu_copy_insertion_use_region_analysis=true'),
     Config('jax_bf16', 'jax', 'JAX, model defaults, bf16 compute', model={'dtype': 'bfloat16'}),
+    Config('jax_no_donation', 'jax', 'JAX, model defaults, state not donated', donate=False),
 )}
 DEFAULT_CONFIGS = ('matmul_jax', 'matmul_torch', 'torch_eager', 'torch_channels_last',
                    'torch_compile', 'jax_default', 'jax_split_rw')
@@ -184,11 +186,12 @@ def _jax_dtype(name):
 
 
 class JaxTrainRunner:
-  """The project's jitted, state-donating train step on a fixed device-resident batch."""
+  """The project's jitted train step (state donated unless told) on a fixed resident batch."""
 
-  def __init__(self, batch: int, model_kwargs: dict, num_classes: int = 1000, chain: int = 1):
-    self.batch, self.model_kwargs, self.num_classes, self.chain = (
-        batch, dict(model_kwargs), num_classes, chain)
+  def __init__(self, batch: int, model_kwargs: dict, num_classes: int = 1000, chain: int = 1,
+               donate: bool = True):
+    self.batch, self.model_kwargs, self.num_classes, self.chain, self.donate = (
+        batch, dict(model_kwargs), num_classes, chain, donate)
 
   def setup(self) -> dict:
     import jax  # pylint: disable=g-import-not-at-top
@@ -202,7 +205,7 @@ class JaxTrainRunner:
     model = model_lib.AlexNet(num_classes=self.num_classes, **kwargs)
     tx = optim.sgd_with_injected_lr(LEARNING_RATE)
     self.state = train.create_train_state(jax.random.key(0), model, tx)
-    step_fn, _ = train.make_single_device_steps(model, tx)
+    step_fn, _ = train.make_single_device_steps(model, tx, donate_state=self.donate)
     k1, k2 = jax.random.split(jax.random.key(1))
     # Pixel-scale inputs (mean-subtracted images are in about +-100).
     self.data = {
@@ -217,7 +220,7 @@ class JaxTrainRunner:
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     self._jax = jax
     return {'compile_s': compile_s, 'xla_flops': float(cost.get('flops', float('nan'))),
-            'impls': {**model.impls(), 'lrn_impl': model.lrn_impl, 'lrn_grad': model.lrn_grad},
+            'impls': model.impls(),
             'device': str(jax.devices()[0].device_kind), 'platform': jax.default_backend(),
             'jax_version': jax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
@@ -354,7 +357,7 @@ class MatmulRunner:
 
 def make_runner(config: Config, batch: int, matmul_size: int, num_classes: int = 1000):
   if config.kind == 'jax':
-    return JaxTrainRunner(batch, config.model, num_classes)
+    return JaxTrainRunner(batch, config.model, num_classes, donate=config.donate)
   if config.kind == 'torch':
     return TorchTrainRunner(batch, config.mode, num_classes)
   if config.kind in ('matmul_jax', 'matmul_torch'):
@@ -793,11 +796,14 @@ PROFILE_BLOCKS = (
     ('pool5', (13, 13, 256)), ('fc6', (9216,)), ('fc7', (4096,)), ('fc8+loss', (4096,)),
     ('sgd', None),
 )
-_CONV_ARGS = {name: (features, ksize, stride, pad, groups)
-              for name, features, ksize, stride, pad, groups in (
-                  ('conv1', 96, 11, 4, 0, 1), ('conv2', 256, 5, 1, 2, 2),
-                  ('conv3', 384, 3, 1, 1, 1), ('conv4', 384, 3, 1, 1, 2),
-                  ('conv5', 256, 3, 1, 1, 2))}
+
+
+def _conv_args(block: str) -> tuple[int, int, int, int, int]:
+  """(features, kernel size, stride, padding, groups) of a conv block: the model's table."""
+  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  return {name: tuple(rest) for name, *rest in model_lib.CONV_LAYERS}[block]
+
+
 # Alternatives timed against each other, block by block: (block, variant name, options).
 PROFILE_VARIANTS = {
     'conv_impl': [(b, impl, {'conv_impl': impl}) for b in ('conv2', 'conv4', 'conv5')
@@ -826,9 +832,7 @@ def _jax_block(block: str, batch: int, options: dict):
   keys = iter(jax.random.split(jax.random.key(0), 8))
   shape = dict(PROFILE_BLOCKS)[block]
   # Unset options take the model's own defaults ('auto' resolved for this backend).
-  defaults = model_lib.AlexNet()
-  options = {**defaults.impls(), 'lrn_impl': defaults.lrn_impl, 'lrn_grad': defaults.lrn_grad,
-             **options}
+  options = {**model_lib.AlexNet().impls(), **options}
   normal = lambda s, scale=1.0: jax.random.normal(next(keys), s, jnp.float32) * scale
   if block == 'sgd':
     model = model_lib.AlexNet()
@@ -845,7 +849,7 @@ def _jax_block(block: str, batch: int, options: dict):
     return fn, fn, (state.params, state.opt_state, grads)
   x = normal((batch,) + shape, 10.0)
   if block.startswith('conv'):
-    features, ksize, stride, pad, groups = _CONV_ARGS[block]
+    features, ksize, stride, pad, groups = _conv_args(block)
     kernel = normal((ksize, ksize, shape[-1] // groups, features), 0.01)
     bias = jnp.zeros((features,))
     impl = options['conv_impl']
@@ -913,7 +917,7 @@ def _torch_block(block: str, batch: int):
   x = torch.randn((batch,) + shape) * 10.0
   params = []
   if block.startswith('conv'):
-    features, ksize, stride, pad, groups = _CONV_ARGS[block]
+    features, ksize, stride, pad, groups = _conv_args(block)
     layer = torch.nn.Conv2d(shape[0], features, ksize, stride, pad, groups=groups)
     f = lambda x: F.relu(layer(x))
     params = list(layer.parameters())

@@ -201,3 +201,65 @@ def test_gpu_path_logic_on_cpu():
   assert np.isfinite(e2e['final_loss'])
   table = bench.gpu_markdown(data)
   assert '| 2 |' in table and 'bounded by the' in table
+
+
+# --------------------------------------------------------------------------------------------
+# Per-block profiles, the donation switch, the conv1 GEMM experiment
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('block,options,marker,present', [
+    # XLA's own max-pool gradient is a select-and-scatter; the model's CPU default has none.
+    ('pool2', {}, 'select_and_', False),
+    ('pool2', {'pool_impl': 'reduce_window'}, 'select_and_', True),
+    # conv1 direct is a stride-4 convolution; the default space-to-depth form has none.
+    ('conv1', {}, 'window_strides=(4, 4)', False),
+    ('conv1', {'conv1_impl': 'direct'}, 'window_strides=(4, 4)', True),
+    ('norm1', {}, 'reduce_window_sum', True),
+    ('conv4', {}, 'feature_group_count=2', False),
+    ('conv4', {'conv_impl': 'feature_group_count'}, 'feature_group_count=2', True)])
+def test_profile_blocks_default_to_the_models_implementations(block, options, marker, present):
+  """A block with no options runs the model's defaults, options override them, and every form
+  computes what XLA's own implementations compute."""
+  import jax
+  import jax.numpy as jnp
+  _, fwd_bwd, args = bench._jax_block(block, 2, options)  # pylint: disable=protected-access
+  assert (marker in str(jax.make_jaxpr(fwd_bwd)(*args))) is present
+  _, ref_fwd_bwd, _ = bench._jax_block(  # pylint: disable=protected-access
+      block, 2, {**model_lib.XLA_NATIVE_IMPLS, 'lrn_grad': 'autodiff'})
+  got, want = fwd_bwd(*args), ref_fwd_bwd(*args)
+  for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-4 * float(jnp.abs(w).max()))
+
+
+def test_no_donation_configuration_keeps_the_state():
+  """The 'jax_no_donation' preset really measures a step that leaves its input state alive."""
+  import jax
+  import jax.numpy as jnp
+  from alexnet_jax import optim
+  from alexnet_jax import train
+
+  config = bench.parse_config('jax_no_donation')
+  assert config.donate is False and bench.PRESETS['jax_default'].donate is True
+  assert bench.parse_config('x={"base": "jax_default", "label": "x", "donate": false}').donate \
+      is False
+  model = model_lib.AlexNet(num_classes=4, dropout_rate=0.0)
+  tx = optim.sgd_with_injected_lr(0.01)
+  batch = {'image': jnp.ones((1, 227, 227, 3)), 'label': jnp.zeros((1,), jnp.int32)}
+  for donate in (False, True):
+    state = train.create_train_state(jax.random.key(0), model, tx)
+    step, _ = train.make_single_device_steps(model, tx, donate_state=donate)
+    step(state, batch)
+    assert state.params['fc8']['kernel'].is_deleted() is donate
+
+
+def test_conv1_gemm_forms_equal_the_convolution():
+  spec = importlib.util.spec_from_file_location(
+      'conv1_gemm', os.path.join(REPO, 'experiments', 'conv1_gemm.py'))
+  conv1_gemm = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(conv1_gemm)
+  rng = np.random.default_rng(0)
+  x = rng.normal(0, 60, (2, 67, 67, 3)).astype(np.float32)
+  kernel = rng.normal(0, 0.01, (11, 11, 3, 96)).astype(np.float32)
+  want = np.asarray(model_lib.space_to_depth_conv(x, kernel, 4))
+  np.testing.assert_array_equal(conv1_gemm.im2col_gemm(x, kernel), want)
+  np.testing.assert_allclose(conv1_gemm.per_tap_gemms(x, kernel), want, rtol=1e-5,
+                             atol=1e-5 * np.abs(want).max())

@@ -46,6 +46,25 @@ def test_keeps_last_k_and_best_across_restarts(tmp_path):
   again.close()
 
 
+
+def test_a_failed_wait_with_no_save_in_flight_names_no_step(tmp_path):
+  """The write error of a wait with no save of its own says 'a checkpoint', never step -1."""
+  import errno
+  ckpts = checkpoint_lib.Checkpoints(str(tmp_path), keep=2, async_save=False)
+  ckpts.save(3, _tree(3), {'epoch': 3})
+  ckpts.wait()
+
+  def disk_full():
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  ckpts.manager.wait_until_finished = disk_full
+  with pytest.raises(checkpoint_lib.CheckpointWriteError) as raised:
+    ckpts.wait()
+  message = str(raised.value)
+  assert message.startswith(f'Could not write a checkpoint in {ckpts.directory} ')
+  assert 'the latest is step 3' in message and '-1' not in message
+  assert ckpts.all_steps() == [3]
+
 @pytest.mark.parametrize('damage', ['truncate', 'remove'])
 def test_damaged_latest_falls_back_to_newest_intact(tmp_path, damage):
   ckpts = checkpoint_lib.Checkpoints(str(tmp_path), keep=3, async_save=False)

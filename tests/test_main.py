@@ -214,3 +214,24 @@ def test_stderr_filter_drops_event_loop_tracebacks_but_not_other_threads_lines()
   assert out.getvalue() == ('error: Could not write the checkpoint of step 10\n'
                             'Traceback (most recent call last):\n  File "x.py", line 1, in f\n'
                             'ValueError: kept\n')
+
+
+@pytest.mark.parametrize('env,expected', [
+    ({}, False),
+    ({'SLURM_JOB_ID': '1', 'SLURM_NTASKS': '4'}, False),  # sbatch without srun: no step
+    ({'SLURM_STEP_ID': '0', 'SLURM_STEP_NUM_TASKS': '1', 'SLURM_NTASKS': '4'}, False),
+    ({'SLURM_STEP_ID': '0', 'SLURM_STEP_NUM_TASKS': '2'}, True),
+    ({'SLURM_STEP_ID': '0', 'SLURM_NTASKS': '2'}, True),
+    ({'OMPI_COMM_WORLD_SIZE': '1'}, False),
+    ({'OMPI_COMM_WORLD_SIZE': '2'}, True),
+    ({'TPU_WORKER_HOSTNAMES': 'host0'}, False),
+    ({'TPU_WORKER_HOSTNAMES': 'host0,host1'}, True),
+])
+def test_launcher_detection_needs_several_processes(monkeypatch, env, expected):
+  from alexnet_jax import main as main_lib
+  for name in ('SLURM_JOB_ID', 'SLURM_STEP_ID', 'SLURM_STEP_NUM_TASKS', 'SLURM_NTASKS',
+               'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES'):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  assert main_lib._launched_as_multiprocess_job() is expected  # pylint: disable=protected-access

@@ -191,3 +191,15 @@ def test_space_to_depth_needs_an_unpadded_ungrouped_conv():
   conv = model_lib.TowerConv(4, (3, 3), (2, 2), padding=1, space_to_depth=True)
   with pytest.raises(ValueError, match='space_to_depth'):
     conv.init(jax.random.key(0), jnp.zeros((1, 9, 9, 2)))
+
+
+def test_auto_implementations_follow_the_backend(monkeypatch):
+  """'auto' takes CPU_IMPLS on the CPU and XLA's own paths elsewhere; explicit values win."""
+  assert model_lib.AlexNet().impls() == {**model_lib.CPU_IMPLS, 'lrn_impl': 'reduce_window',
+                                         'lrn_grad': 'closed_form'}
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert model_lib.AlexNet().impls() == {**model_lib.XLA_NATIVE_IMPLS,
+                                         'lrn_impl': 'reduce_window', 'lrn_grad': 'closed_form'}
+  chosen = model_lib.AlexNet(pool_impl='strided_slices', conv1_impl='space_to_depth').impls()
+  assert chosen['pool_impl'] == 'strided_slices' and chosen['conv1_impl'] == 'space_to_depth'
+  assert chosen['conv_impl'] == model_lib.XLA_NATIVE_IMPLS['conv_impl']
