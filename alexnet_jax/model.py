@@ -281,6 +281,18 @@ def _max_and_argmax(x: Array, window: int, stride: int) -> tuple[Array, Array]:
   return result, index
 
 
+def _materialize(x: Array) -> Array:
+  """``x``, computed once into its own buffer: XLA may not fuse its computation into consumers.
+
+  ``lax.optimization_barrier`` would say this, but XLA:CPU removes barriers before fusion. A
+  conditional is a fusion boundary on every backend. Both branches return ``x`` (JAX would
+  forward a bare ``lambda v: v`` past the conditional, hence the ``+ 0``), and the predicate
+  (any value would do) depends on the data so that XLA cannot remove the conditional.
+  """
+  keep = lambda v: v + jnp.zeros((), v.dtype)
+  return lax.cond(x[(0,) * x.ndim] > 0, keep, keep, x)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _max_pool_argmax(x: Array, window: int, stride: int) -> Array:
   return _max_and_argmax(x, window, stride)[0]
@@ -288,6 +300,9 @@ def _max_pool_argmax(x: Array, window: int, stride: int) -> Array:
 
 def _max_pool_argmax_fwd(x, window, stride):
   result, index = _max_and_argmax(x, window, stride)
+  # Kept as computed: otherwise XLA:CPU fuses the 9 compares into the backward and redoes
+  # them for every window element there, and keeps the pool's input alive until then.
+  index = _materialize(index)
   # The input's spatial size travels as the shape of an empty array (residuals are arrays).
   return result, (index, jnp.zeros((0,) + x.shape[1:3], x.dtype))
 
@@ -355,6 +370,17 @@ _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _conv(x: Array, kernel: Array, strides: tuple[int, int], padding) -> Array:
+  (pad_t, pad_b), (pad_l, pad_r) = padding
+  kh, kw = kernel.shape[:2]
+  if strides == (1, 1) and not (pad_t or pad_b or pad_l or pad_r) and (kh, kw) != (1, 1):
+    # A VALID convolution as the 'SAME'-padded one, cropped: the same products and sums, but
+    # XLA:CPU (YNNPACK) runs a convolution whose output is as large as its input about twice
+    # as fast (conv1 in blocks, 57x57 -> 55x55: 86 vs 155-167 ms at batch 32; PERF.md, 13).
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    y = lax.conv_general_dilated(x, kernel, strides,
+                                 ((top, kh - 1 - top), (left, kw - 1 - left)),
+                                 dimension_numbers=_DIMENSION_NUMBERS)
+    return y[:, top:top + x.shape[1] - kh + 1, left:left + x.shape[2] - kw + 1]
   return lax.conv_general_dilated(x, kernel, strides, padding,
                                   dimension_numbers=_DIMENSION_NUMBERS)
 

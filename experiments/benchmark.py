@@ -112,6 +112,7 @@ class Config:
   mode: str = 'eager'            # torch: 'eager', 'channels_last', 'compile'
   xla_flags: str = ''            # extra XLA_FLAGS for this JAX worker
   donate: bool = True            # JAX: the step reuses the donated state's buffers
+  env: dict = dataclasses.field(default_factory=dict)  # extra environment of the worker
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -448,6 +449,7 @@ def worker_env(config: Config, platform_name: str = 'cpu') -> dict:
   env['JAX_PLATFORMS'] = platform_name
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
+  env.update(config.env)
   return env
 
 

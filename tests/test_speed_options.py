@@ -47,6 +47,23 @@ def test_matmul_weight_grad_equals_xla(ksize, stride, padding):
     _assert_close(got, want)
 
 
+@pytest.mark.parametrize('ksize', [(3, 3), (4, 2), (1, 1)])
+@pytest.mark.parametrize('weight_grad', ['xla', 'matmul'])
+def test_valid_unit_stride_conv_equals_reference(ksize, weight_grad):
+  """VALID stride-1 convolutions run as the padded convolution, cropped (conv1 in blocks)."""
+  rng = np.random.default_rng(sum(ksize))
+  x = jnp.asarray(rng.normal(size=(2, 11, 9, 6)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=ksize + (6, 5)), jnp.float32)
+  pads = ((0, 0), (0, 0))
+  out, vjp = jax.vjp(lambda a, k: model_lib.conv2d(a, k, (1, 1), pads, weight_grad), x, kernel)
+  ref, ref_vjp = jax.vjp(lambda a, k: _reference_conv(a, k, (1, 1), pads), x, kernel)
+  assert out.shape == (2, 12 - ksize[0], 10 - ksize[1], 5)
+  _assert_close(out, ref)
+  cotangent = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  for got, want in zip(vjp(cotangent), ref_vjp(cotangent)):
+    _assert_close(got, want)
+
+
 def test_matmul_weight_grad_of_grouped_conv_and_bf16():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 9, 9, 8)), jnp.float32)
@@ -135,6 +152,17 @@ def test_strided_argmax_pool_equals_reduce_window(shape, window, stride):
   np.testing.assert_array_equal(out, ref)
   cotangent = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
   np.testing.assert_allclose(vjp(cotangent)[0], ref_vjp(cotangent)[0], rtol=0, atol=1e-6)
+
+
+def test_strided_argmax_pool_keeps_its_window_index():
+  """The backward reads the stored argmax instead of redoing the compares (PERF.md, 12).
+
+  XLA:CPU drops optimization barriers, so the index goes through a conditional, which XLA
+  neither fuses nor removes; without it the pooling backward took 3-6x as long in the step.
+  """
+  x = jnp.ones((2, 9, 9, 3), jnp.float32)
+  grad = jax.jit(jax.grad(lambda a: jnp.sum(model_lib.max_pool(a, impl='strided_argmax') ** 2)))
+  assert 'conditional' in grad.lower(x).compile().as_text()
 
 
 def test_strided_argmax_pool_routes_ties_like_reduce_window():
