@@ -53,6 +53,9 @@ from typing import Any
 
 SCRIPT = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(SCRIPT))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+from alexnet_jax import xla_flags  # noqa: E402  (no JAX import: the workers choose the flags)
 DEFAULT_JSON = os.path.join(REPO, 'experiments', 'results', 'benchmark.json')
 README_START = '<!-- benchmark:start -->'
 README_END = '<!-- benchmark:end -->'
@@ -124,7 +127,9 @@ PRESETS: dict[str, Config] = {c.name: c for c in (
     Config('torch_eager', 'torch', 'PyTorch eager NCHW', mode='eager'),
     Config('torch_channels_last', 'torch', 'PyTorch channels_last', mode='channels_last'),
     Config('torch_compile', 'torch', 'PyTorch torch.compile', mode='compile'),
-    Config('jax_default', 'jax', 'JAX, model defaults'),
+    # What `python -m alexnet_jax.main` runs: the model's defaults and the project's XLA flags.
+    Config('jax_default', 'jax', 'JAX, model defaults',
+           xla_flags=' '.join(xla_flags.RECOMMENDED_CPU_FLAGS)),
     # The issue's starting points, every implementation option spelled out.
     Config('jax_fgc', 'jax', 'JAX, feature_group_count=2, jnp (shifted-slices) LRN',
            model={'conv_impl': 'feature_group_count', 'lrn_impl': 'shifted_slices',
@@ -134,8 +139,7 @@ PRESETS: dict[str, Config] = {c.name: c for c in (
            model={'conv_impl': 'split', 'lrn_impl': 'reduce_window',
                   'pool_impl': 'strided_slices', 'lrn_grad': 'autodiff',
                   'conv_weight_grad': 'xla', 'conv1_impl': 'direct'}),
-    Config('jax_default_region', 'jax', 'JAX, model defaults, region-analysis copy insertion',
-           xla_flags='--xla_cpu_copy_insertion_use_region_analysis=true'),
+    Config('jax_no_xla_flags', 'jax', 'JAX, model defaults, without the project\'s XLA flags'),
     Config('jax_bf16', 'jax', 'JAX, model defaults, bf16 compute', model={'dtype': 'bfloat16'}),
     Config('jax_no_donation', 'jax', 'JAX, model defaults, state not donated', donate=False),
 )}
