@@ -366,12 +366,40 @@ def max_pool(x: Array, window: int = 3, stride: int = 2,
 ConvImpl = Literal['split', 'feature_group_count']
 WeightGrad = Literal['xla', 'matmul']
 Conv1Impl = Literal['direct', 'space_to_depth']
+NarrowConvImpl = Literal['xla', 'padded_output']
+# YNNPACK (XLA:CPU's convolution library) runs stride-1 convolutions with at most this many
+# output channels on one thread (conv1's 96; conv2's input gradient, 48 per group); XLA's other
+# CPU path (Eigen) runs them on every core (experiments/PERF.md, attempt 19).
+NARROW_CONV_CHANNELS = 96
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 
 
-def _conv(x: Array, kernel: Array, strides: tuple[int, int], padding) -> Array:
+def _conv_padded_output(x: Array, kernel: Array, padding) -> Array:
+  """A stride-1 convolution computed with extra padding, then cropped: the same numbers.
+
+  The extra padding makes the convolution's output larger than its input, a shape YNNPACK
+  declines, so XLA:CPU runs it on its Eigen path, which uses every core where YNNPACK uses one
+  for convolutions with few output channels (at the cost of the border's extra products).
+  """
+  kh, kw = kernel.shape[:2]
+  extra, pads = [], []
+  for size, k, (lo, hi) in zip(x.shape[1:3], (kh, kw), padding):
+    out = size + lo + hi - k + 1
+    e = max(0, (size - out) // 2 + 1)  # out + 2e > size
+    extra.append(e)
+    pads.append((lo + e, hi + e))
+  y = lax.conv_general_dilated(x, kernel, (1, 1), tuple(pads),
+                               dimension_numbers=_DIMENSION_NUMBERS)
+  return y[:, extra[0]:y.shape[1] - extra[0], extra[1]:y.shape[2] - extra[1]]
+
+
+def _conv(x: Array, kernel: Array, strides: tuple[int, int], padding,
+          narrow: NarrowConvImpl = 'xla') -> Array:
   (pad_t, pad_b), (pad_l, pad_r) = padding
   kh, kw = kernel.shape[:2]
+  if (narrow == 'padded_output' and strides == (1, 1) and (kh, kw) != (1, 1)
+      and kernel.shape[-1] <= NARROW_CONV_CHANNELS):
+    return _conv_padded_output(x, kernel, padding)
   if strides == (1, 1) and not (pad_t or pad_b or pad_l or pad_r) and (kh, kw) != (1, 1):
     # A VALID convolution as the 'SAME'-padded one, cropped: the same products and sums, but
     # XLA:CPU (YNNPACK) runs a convolution whose output is as large as its input about twice
@@ -418,22 +446,32 @@ def conv_weight_grad_matmul(x: Array, dy: Array, kernel_shape: Sequence[int],
   return taps.reshape(kh, kw, cin, cout)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_matmul_weight_grad(x: Array, kernel: Array, strides, padding) -> Array:
-  return _conv(x, kernel, strides, padding)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_matmul_weight_grad(x: Array, kernel: Array, strides, padding, narrow) -> Array:
+  return _conv(x, kernel, strides, padding, narrow)
 
 
-def _conv_matmul_weight_grad_fwd(x, kernel, strides, padding):
-  return _conv(x, kernel, strides, padding), (x, kernel)
+def _conv_matmul_weight_grad_fwd(x, kernel, strides, padding, narrow):
+  return _conv(x, kernel, strides, padding, narrow), (x, kernel)
 
 
-def _conv_matmul_weight_grad_bwd(strides, padding, residuals, dy):
+def _conv_matmul_weight_grad_bwd(strides, padding, narrow, residuals, dy):
   x, kernel = residuals
-  # The input gradient as XLA differentiates it (a transposed convolution, fast on XLA:CPU);
-  # unused for conv1, whose input gradient XLA then removes.
-  _, input_vjp = jax.vjp(lambda v: _conv(v, kernel, strides, padding), x)
+  # The input gradient is a transposed convolution (fast on XLA:CPU); unused for conv1, whose
+  # input gradient XLA then removes.
+  if narrow == 'padded_output' and strides == (1, 1):
+    # Written out, so that a narrow one (conv2's, 48 channels per group) takes the same path
+    # as a narrow forward: the output-gradient convolved with the flipped, transposed kernel.
+    kh, kw = kernel.shape[:2]
+    (pad_t, pad_b), (pad_l, pad_r) = padding
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    dx = _conv(dy, flipped, (1, 1), ((kh - 1 - pad_t, kh - 1 - pad_b),
+                                     (kw - 1 - pad_l, kw - 1 - pad_r)), narrow)
+  else:
+    _, input_vjp = jax.vjp(lambda v: _conv(v, kernel, strides, padding, narrow), x)
+    dx = input_vjp(dy)[0]
   dkernel = conv_weight_grad_matmul(x, dy, kernel.shape, strides, padding)
-  return input_vjp(dy)[0], dkernel.astype(kernel.dtype)
+  return dx, dkernel.astype(kernel.dtype)
 
 
 _conv_matmul_weight_grad.defvjp(_conv_matmul_weight_grad_fwd, _conv_matmul_weight_grad_bwd)
@@ -446,20 +484,25 @@ def _explicit_padding(x: Array, kernel: Array, strides: tuple[int, int], padding
 
 
 def conv2d(x: Array, kernel: Array, strides: Sequence[int], padding,
-           weight_grad: WeightGrad = 'xla') -> Array:
+           weight_grad: WeightGrad = 'xla', narrow: NarrowConvImpl = 'xla') -> Array:
   """An ungrouped NHWC x HWIO convolution.
 
   ``weight_grad`` says how its kernel gradient is computed: 'xla' differentiates the
   convolution (XLA:CPU computes the kernel gradient as a convolution over the batch, a slow
   path there); 'matmul' computes it with :func:`conv_weight_grad_matmul` (a ``jax.custom_vjp``;
   the forward pass and the input gradient are unchanged). Same numbers up to fp32 rounding.
+  ``narrow='padded_output'`` computes stride-1 convolutions with at most
+  :data:`NARROW_CONV_CHANNELS` output channels (and, with 'matmul', such input gradients) with
+  extra padding, cropped (:func:`_conv_padded_output`): XLA:CPU then uses every core for them.
   """
   strides = tuple(int(v) for v in strides)
   padding = _explicit_padding(x, kernel, strides, padding)
+  if narrow not in ('xla', 'padded_output'):
+    raise ValueError(f"narrow conv impl must be 'xla' or 'padded_output', got {narrow!r}.")
   if weight_grad == 'xla':
-    return _conv(x, kernel, strides, padding)
+    return _conv(x, kernel, strides, padding, narrow)
   if weight_grad == 'matmul':
-    return _conv_matmul_weight_grad(x, kernel, strides, padding)
+    return _conv_matmul_weight_grad(x, kernel, strides, padding, narrow)
   raise ValueError(f"weight_grad must be 'xla' or 'matmul', got {weight_grad!r}.")
 
 
@@ -490,7 +533,7 @@ def space_to_depth_blocks(x: Array, kernel: Array, stride: int) -> tuple[Array, 
 
 
 def space_to_depth_conv(x: Array, kernel: Array, stride: int,
-                        weight_grad: WeightGrad = 'xla') -> Array:
+                        weight_grad: WeightGrad = 'xla', narrow: NarrowConvImpl = 'xla') -> Array:
   """A VALID ``stride`` x ``stride`` strided convolution as a stride-1 convolution on blocks.
 
   The image is cut into ``stride x stride`` blocks stacked on the channel axis (227x227x3 ->
@@ -500,17 +543,19 @@ def space_to_depth_conv(x: Array, kernel: Array, stride: int,
   convolution over 3 channels. The kernel keeps its (kh, kw, cin, cout) layout.
   """
   blocks, block_kernel = space_to_depth_blocks(x, kernel, stride)
-  return conv2d(blocks, block_kernel, (1, 1), ((0, 0), (0, 0)), weight_grad)
+  return conv2d(blocks, block_kernel, (1, 1), ((0, 0), (0, 0)), weight_grad, narrow)
 
 
 def grouped_conv(x: Array, kernel: Array, strides: Sequence[int], padding, groups: int,
-                 impl: ConvImpl = 'split', weight_grad: WeightGrad = 'xla') -> Array:
+                 impl: ConvImpl = 'split', weight_grad: WeightGrad = 'xla',
+                 narrow: NarrowConvImpl = 'xla') -> Array:
   """NHWC x HWIO convolution with ``groups`` groups, kernel (kh, kw, in/groups, out).
 
   'split' runs one plain convolution per group on the channel slices and concatenates the outputs:
   the same numbers as ``feature_group_count=groups`` and several times faster forward+backward on
   XLA:CPU. The kernel keeps the single ``feature_group_count`` layout either way.
-  ``weight_grad`` (see :func:`conv2d`) applies to 'split' and ungrouped convolutions.
+  ``weight_grad`` and ``narrow`` (see :func:`conv2d`) apply to 'split' and ungrouped
+  convolutions.
   """
   strides = tuple(strides)
   if impl == 'feature_group_count' and groups > 1:
@@ -518,13 +563,13 @@ def grouped_conv(x: Array, kernel: Array, strides: Sequence[int], padding, group
                                     dimension_numbers=_DIMENSION_NUMBERS,
                                     feature_group_count=groups)
   if groups == 1:
-    return conv2d(x, kernel, strides, padding, weight_grad)
+    return conv2d(x, kernel, strides, padding, weight_grad, narrow)
   in_per_group = x.shape[-1] // groups
   out_per_group = kernel.shape[-1] // groups
   outs = [
       conv2d(x[..., g * in_per_group:(g + 1) * in_per_group],
              kernel[..., g * out_per_group:(g + 1) * out_per_group],
-             strides, padding, weight_grad)
+             strides, padding, weight_grad, narrow)
       for g in range(groups)
   ]
   return jnp.concatenate(outs, axis=-1)
@@ -547,6 +592,7 @@ class TowerConv(nn.Module):
   param_dtype: Dtype = jnp.float32
   weight_grad: WeightGrad = 'xla'
   space_to_depth: bool = False  # VALID, square-strided, ungrouped only (conv1)
+  narrow: NarrowConvImpl = 'xla'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -565,10 +611,10 @@ class TowerConv(nn.Module):
         raise ValueError(f'{self.name}: space_to_depth needs an ungrouped, unpadded convolution '
                          'with equal strides.')
       y = space_to_depth_conv(x.astype(dtype), kernel.astype(dtype), self.strides[0],
-                              self.weight_grad)
+                              self.weight_grad, self.narrow)
     else:
       y = grouped_conv(x.astype(dtype), kernel.astype(dtype), self.strides, pad, self.groups,
-                       self.conv_impl, self.weight_grad)
+                       self.conv_impl, self.weight_grad, self.narrow)
     return y + bias.astype(dtype)
 
 
@@ -626,10 +672,10 @@ INITS = {
 # gradient: each one measured faster there than XLA's own path (whose convolution kernel
 # gradients, grouped convolutions and select-and-scatter are slow paths on XLA:CPU).
 CPU_IMPLS = {'pool_impl': 'strided_argmax', 'conv_impl': 'split', 'conv_weight_grad': 'matmul',
-             'conv1_impl': 'space_to_depth'}
+             'conv1_impl': 'space_to_depth', 'narrow_conv_impl': 'padded_output'}
 # Other backends (GPU, TPU): XLA's own implementations.
 XLA_NATIVE_IMPLS = {'pool_impl': 'reduce_window', 'conv_impl': 'feature_group_count',
-                    'conv_weight_grad': 'xla', 'conv1_impl': 'direct'}
+                    'conv_weight_grad': 'xla', 'conv1_impl': 'direct', 'narrow_conv_impl': 'xla'}
 
 
 def _axis_size(axis_name: str | None) -> int:
@@ -660,10 +706,12 @@ class AlexNet(nn.Module):
     dtype: compute dtype (e.g. ``jnp.bfloat16``); None computes in the parameters' dtype.
       Logits are always returned as float32.
     param_dtype: parameter dtype (float32).
-    pool_impl, lrn_impl, conv_impl, lrn_grad, conv_weight_grad, conv1_impl: numerically
-      equivalent implementations (speed only; equal up to fp32 rounding): how pooling, the LRN
-      window sum, grouped convolutions, the LRN gradient and conv kernel gradients are computed,
-      and whether conv1 runs as a space-to-depth stride-1 convolution. 'auto' (the default)
+    pool_impl, lrn_impl, conv_impl, lrn_grad, conv_weight_grad, conv1_impl, narrow_conv_impl:
+      numerically equivalent implementations (speed only; equal up to fp32 rounding): how
+      pooling, the LRN window sum, grouped convolutions, the LRN gradient and conv kernel
+      gradients are computed, whether conv1 runs as a space-to-depth stride-1 convolution, and
+      whether convolutions with few output channels run with extra padding, cropped (so that
+      XLA:CPU spreads them over all cores). 'auto' (the default)
       takes :data:`CPU_IMPLS` when JAX's default backend is the CPU (the fastest measured on
       XLA:CPU, experiments/PERF.md) and :data:`XLA_NATIVE_IMPLS` elsewhere (XLA's own
       convolution gradients, grouped convolutions and pooling, which GPUs and TPUs run well).
@@ -692,6 +740,7 @@ class AlexNet(nn.Module):
   lrn_grad: LrnGrad = 'closed_form'
   conv_weight_grad: WeightGrad | Auto = 'auto'
   conv1_impl: Conv1Impl | Auto = 'auto'
+  narrow_conv_impl: NarrowConvImpl | Auto = 'auto'
   model_axis: str | None = None
   model_parallel_convs: bool = True
   model_parallel_fcs: bool = True
@@ -748,7 +797,7 @@ class AlexNet(nn.Module):
                     max(groups // conv_shards, 1), kernel_init, bias_init, impls['conv_impl'],
                     self.dtype, self.param_dtype, weight_grad=impls['conv_weight_grad'],
                     space_to_depth=name == 'conv1' and impls['conv1_impl'] == 'space_to_depth',
-                    name=name)(x)
+                    narrow=impls['narrow_conv_impl'], name=name)(x)
       x = nn.relu(x)
       if name in ('conv1', 'conv2'):
         x = self._norm_pool(x, max(self.lrn_groups // conv_shards, 1), impls['pool_impl'])

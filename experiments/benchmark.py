@@ -128,7 +128,7 @@ PRESETS: dict[str, Config] = {c.name: c for c in (
     Config('torch_channels_last', 'torch', 'PyTorch channels_last', mode='channels_last'),
     Config('torch_compile', 'torch', 'PyTorch torch.compile', mode='compile'),
     # What `python -m alexnet_jax.main` runs: the model's defaults and the project's XLA flags.
-    Config('jax_default', 'jax', 'JAX, model defaults',
+    Config('jax_default', 'jax', 'JAX, model defaults and XLA flags (the main job)',
            xla_flags=' '.join(xla_flags.RECOMMENDED_CPU_FLAGS)),
     # The starting points, every implementation option spelled out.
     Config('jax_fgc', 'jax', 'JAX, feature_group_count=2, jnp (shifted-slices) LRN',

@@ -64,6 +64,47 @@ def test_valid_unit_stride_conv_equals_reference(ksize, weight_grad):
     _assert_close(got, want)
 
 
+@pytest.mark.parametrize('ksize,padding', [
+    ((5, 5), ((2, 2), (2, 2))), ((3, 3), ((0, 0), (0, 0))), ((3, 2), ((1, 0), (0, 2))),
+    ((1, 1), ((0, 0), (0, 0)))])
+@pytest.mark.parametrize('weight_grad', ['xla', 'matmul'])
+def test_padded_output_narrow_conv_equals_reference(ksize, padding, weight_grad):
+  """Narrow convolutions and their input gradients, computed with extra padding, cropped."""
+  rng = np.random.default_rng(sum(ksize) + len(weight_grad))
+  x = jnp.asarray(rng.normal(size=(2, 12, 10, 7)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=ksize + (7, 6)), jnp.float32)
+  fn = lambda a, k: model_lib.conv2d(a, k, (1, 1), padding, weight_grad, 'padded_output')
+  out, vjp = jax.vjp(fn, x, kernel)
+  ref, ref_vjp = jax.vjp(lambda a, k: _reference_conv(a, k, (1, 1), padding), x, kernel)
+  _assert_close(out, ref)
+  cotangent = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  for got, want in zip(vjp(cotangent), ref_vjp(cotangent)):
+    _assert_close(got, want)
+  if ksize != (1, 1):
+    # What sends it to XLA:CPU's multi-threaded path: the narrow convolutions it runs (the
+    # forward, and with 'matmul' the input gradient too) have a larger output than input.
+    def step(a, k, c):
+      y, pullback = jax.vjp(fn, a, k)
+      return y, pullback(c)
+    traced = fn if weight_grad == 'xla' else step
+    args = (x, kernel) if weight_grad == 'xla' else (x, kernel, cotangent)
+    convs = [e for e in jax.make_jaxpr(traced)(*args).eqns
+             if e.primitive.name == 'conv_general_dilated']
+    assert len(convs) == (1 if weight_grad == 'xla' else 2)  # 'matmul': dK is matmuls
+    assert all(e.outvars[0].aval.shape[1] > e.invars[0].aval.shape[1] for e in convs)
+  with pytest.raises(ValueError, match='padded_output'):
+    model_lib.conv2d(x, kernel, (1, 1), padding, weight_grad, 'eigen')
+
+
+def test_wide_convolutions_are_left_as_they_are():
+  x = jnp.ones((1, 9, 9, 4), jnp.float32)
+  kernel = jnp.ones((3, 3, 4, model_lib.NARROW_CONV_CHANNELS + 1), jnp.float32)
+  convs = [e for e in jax.make_jaxpr(
+      lambda a: model_lib.conv2d(a, kernel, (1, 1), ((1, 1), (1, 1)), 'xla', 'padded_output')
+  )(x).eqns if e.primitive.name == 'conv_general_dilated']
+  assert [e.outvars[0].aval.shape for e in convs] == [(1, 9, 9, 97)]
+
+
 def test_matmul_weight_grad_of_grouped_conv_and_bf16():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 9, 9, 8)), jnp.float32)
