@@ -1150,7 +1150,7 @@ def profile_ops_markdown(prof: dict) -> str:
 
 
 def profile_main(args):
-  flags = worker_env(Config('profile', 'jax', 'profile'))['XLA_FLAGS']
+  flags = worker_env(PRESETS['jax_default'])['XLA_FLAGS']  # with the project's XLA flags
   if args.profile_ops:
     flags += ' --xla_cpu_enable_xprof_traceme=true'
   os.environ['XLA_FLAGS'] = flags
