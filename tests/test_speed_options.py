@@ -127,15 +127,16 @@ def test_unknown_weight_grad_says_what_to_use():
 
 
 @pytest.mark.parametrize('size,ksize,stride', [(227, 11, 4), (35, 11, 4), (30, 5, 3), (9, 2, 2)])
-@pytest.mark.parametrize('weight_grad', ['xla', 'matmul'])
-def test_space_to_depth_conv_equals_strided_conv(size, ksize, stride, weight_grad):
+@pytest.mark.parametrize('weight_grad,narrow', [('xla', 'xla'), ('matmul', 'xla'),
+                                                ('matmul', 'padded_output')])
+def test_space_to_depth_conv_equals_strided_conv(size, ksize, stride, weight_grad, narrow):
   rng = np.random.default_rng(size + ksize)
   batch = 1 if size > 100 else 2
   x = jnp.asarray(rng.normal(size=(batch, size, size + 1, 3)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(ksize, ksize, 3, 4)), jnp.float32)
   strides = (stride, stride)
-  out, vjp = jax.vjp(lambda a, k: model_lib.space_to_depth_conv(a, k, stride, weight_grad),
-                     x, kernel)
+  out, vjp = jax.vjp(
+      lambda a, k: model_lib.space_to_depth_conv(a, k, stride, weight_grad, narrow), x, kernel)
   ref, ref_vjp = jax.vjp(lambda a, k: _reference_conv(a, k, strides, 'VALID'), x, kernel)
   _assert_close(out, ref)
   cotangent = jnp.asarray(rng.normal(size=out.shape), jnp.float32)

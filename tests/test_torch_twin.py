@@ -97,8 +97,16 @@ def test_lrn_is_active_in_the_comparison():
 
 
 def test_gradients_match():
-  """Eval-mode cross-entropy gradients of every parameter agree (dropout off on both sides)."""
+  """Eval-mode cross-entropy gradients of every parameter agree (dropout off on both sides).
+
+  conv1 runs 'direct', a strided convolution like PyTorch's: its space-to-depth form (a CPU
+  speed option, tested against this one in test_speed_options) rounds conv1's outputs
+  differently in the last bits, and on these noise images that is enough to flip one max-pool
+  near-tie in pool2, which moves conv1's and conv2's kernel gradients by ~1% (PERF.md, 7b).
+  The comparison is of the network, not of fp32 summation orders.
+  """
   model, params, images, labels = _setup(False)
+  model = model.clone(conv1_impl='direct')
 
   def loss(p):
     logits = model.apply({'params': p}, images, train=False)
