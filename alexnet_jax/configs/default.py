@@ -14,7 +14,8 @@ job does"). Differences from the paper (``imagenet.py``), and why:
   make more progress per image once the network leaves the ln(10) plateau (about 1.3 epochs
   at either size). Measured: top-1 after 2 epochs 51% at batch 16 against 39% at batch 32;
   batch 32 needed a third epoch at lr 0.01 to pass 70% (76%), batch 16 reached 87% with its
-  third epoch at lr 0.001;
+  third epoch at lr 0.001 (85% with the CPU implementations of experiments/PERF.md 12-19:
+  the same function, rounded differently, and training amplifies the difference);
 - 3 epochs with the rate divided by 10 for the last one: a 10-minute run has too few
   evaluations for the plateau rule;
 - centre-crop evaluation every epoch (10-crop is available with --config.eval.ten_crop=True).
