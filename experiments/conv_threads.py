@@ -3,10 +3,12 @@
     python experiments/conv_threads.py [BATCH]
 
 For each convolution: median wall time of 5 calls and CPU time / wall time (1.0: one thread;
-2.0: both cores of this VM). Shows the two findings of experiments/PERF.md, attempts 13 and
-13b: a VALID convolution runs about twice as fast as the same convolution written as a padded
-one and cropped (how ``alexnet_jax.model`` now runs conv1 in blocks), and the convolutions with
-few output channels (conv1's 96, conv2's input gradient with 48 per group) run on one thread.
+2.0: both cores of this VM). Shows the findings of experiments/PERF.md, attempts 13, 13b
+and 19: a VALID convolution runs about half as fast as the same convolution written as a
+padded one and cropped; the convolutions with few output channels (conv1's 96, conv2's input
+gradient with 48 per group) run on one thread (YNNPACK); and with one more pixel of padding
+(an output larger than the input, which YNNPACK declines) XLA:CPU runs them on both cores
+(``narrow_conv_impl='padded_output'``, the model's CPU default).
 """
 import resource
 import sys
@@ -53,10 +55,15 @@ def main(argv):
           (jax.jit(lambda x, k: conv(x, k, 0)), blocks, block_kernel),
       'conv1 in blocks, padded 57x57 -> 57x57, cropped':
           (jax.jit(lambda x, k: conv(x, k, 1)[:, 1:-1, 1:-1]), blocks, block_kernel),
+      'conv1 in blocks, padded by 2 -> 59x59 (larger than its input), cropped':
+          (jax.jit(lambda x, k: conv(x, k, 2)[:, 2:-2, 2:-2]), blocks, block_kernel),
       'conv2 forward, one group (48 -> 128 channels)':
           (jax.jit(lambda x, k: conv(x, k, 2)), normal(batch, 27, 27, 48), normal(5, 5, 48, 128)),
       'conv2 input gradient, one group (128 -> 48 channels)':
           (jax.jit(lambda x, k: conv(x, k, 2)), normal(batch, 27, 27, 128), normal(5, 5, 128, 48)),
+      'conv2 input gradient, one group, padded by 3 -> 29x29, cropped':
+          (jax.jit(lambda x, k: conv(x, k, 3)[:, 1:-1, 1:-1]), normal(batch, 27, 27, 128),
+           normal(5, 5, 128, 48)),
       'conv3 forward (256 -> 384 channels)':
           (jax.jit(lambda x, k: conv(x, k, 1)), normal(batch, 13, 13, 256), normal(3, 3, 256, 384)),
   }
