@@ -374,41 +374,38 @@ NARROW_CONV_CHANNELS = 96
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 
 
-def _conv_padded_output(x: Array, kernel: Array, padding) -> Array:
-  """A stride-1 convolution computed with extra padding, then cropped: the same numbers.
+def _padded_and_cropped(x: Array, kernel: Array, padding, extra) -> Array:
+  """A stride-1 convolution with ``extra`` ((top, bottom), (left, right)) more padding, cropped.
 
-  The extra padding makes the convolution's output larger than its input, a shape YNNPACK
-  declines, so XLA:CPU runs it on its Eigen path, which uses every core where YNNPACK uses one
-  for convolutions with few output channels (at the cost of the border's extra products).
+  The same numbers as the convolution with ``padding``, computed in a shape XLA:CPU runs
+  faster (see :func:`_conv`).
   """
-  kh, kw = kernel.shape[:2]
-  extra, pads = [], []
-  for size, k, (lo, hi) in zip(x.shape[1:3], (kh, kw), padding):
-    out = size + lo + hi - k + 1
-    e = max(0, (size - out) // 2 + 1)  # out + 2e > size
-    extra.append(e)
-    pads.append((lo + e, hi + e))
-  y = lax.conv_general_dilated(x, kernel, (1, 1), tuple(pads),
-                               dimension_numbers=_DIMENSION_NUMBERS)
-  return y[:, extra[0]:y.shape[1] - extra[0], extra[1]:y.shape[2] - extra[1]]
+  pads = tuple((lo + a, hi + b) for (lo, hi), (a, b) in zip(padding, extra))
+  y = lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DIMENSION_NUMBERS)
+  (top, bottom), (left, right) = extra
+  return y[:, top:y.shape[1] - bottom, left:y.shape[2] - right]
 
 
 def _conv(x: Array, kernel: Array, strides: tuple[int, int], padding,
           narrow: NarrowConvImpl = 'xla') -> Array:
-  (pad_t, pad_b), (pad_l, pad_r) = padding
   kh, kw = kernel.shape[:2]
-  if (narrow == 'padded_output' and strides == (1, 1) and (kh, kw) != (1, 1)
-      and kernel.shape[-1] <= NARROW_CONV_CHANNELS):
-    return _conv_padded_output(x, kernel, padding)
-  if strides == (1, 1) and not (pad_t or pad_b or pad_l or pad_r) and (kh, kw) != (1, 1):
-    # A VALID convolution as the 'SAME'-padded one, cropped: the same products and sums, but
-    # XLA:CPU (YNNPACK) runs a convolution whose output is as large as its input about twice
-    # as fast (conv1 in blocks, 57x57 -> 55x55: 86 vs 155-167 ms at batch 32; PERF.md, 13).
-    top, left = (kh - 1) // 2, (kw - 1) // 2
-    y = lax.conv_general_dilated(x, kernel, strides,
-                                 ((top, kh - 1 - top), (left, kw - 1 - left)),
-                                 dimension_numbers=_DIMENSION_NUMBERS)
-    return y[:, top:top + x.shape[1] - kh + 1, left:left + x.shape[2] - kw + 1]
+  if strides != (1, 1) or (kh, kw) == (1, 1):
+    return lax.conv_general_dilated(x, kernel, strides, padding,
+                                    dimension_numbers=_DIMENSION_NUMBERS)
+  if narrow == 'padded_output' and kernel.shape[-1] <= NARROW_CONV_CHANNELS:
+    # Padded until the output is larger than the input, a shape YNNPACK declines: XLA:CPU then
+    # runs it on its Eigen path, on every core where YNNPACK uses one for so few output
+    # channels, at the cost of the border's extra products (PERF.md, 19).
+    # Output size + 2e > input size, the output being input + lo + hi - k + 1.
+    extra = [(e, e) for e in (max(0, (k - 1 - lo - hi) // 2 + 1)
+                              for k, (lo, hi) in zip((kh, kw), padding))]
+    return _padded_and_cropped(x, kernel, padding, extra)
+  if not any(lo or hi for lo, hi in padding):
+    # A VALID convolution as the 'SAME'-padded one, cropped: YNNPACK runs a convolution whose
+    # output is as large as its input about twice as fast (conv1 in blocks, 57x57 -> 55x55:
+    # 86 vs 155-167 ms at batch 32; PERF.md, 13).
+    return _padded_and_cropped(x, kernel, padding, (((kh - 1) // 2, kh - 1 - (kh - 1) // 2),
+                                                    ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)))
   return lax.conv_general_dilated(x, kernel, strides, padding,
                                   dimension_numbers=_DIMENSION_NUMBERS)
 
@@ -493,7 +490,7 @@ def conv2d(x: Array, kernel: Array, strides: Sequence[int], padding,
   the forward pass and the input gradient are unchanged). Same numbers up to fp32 rounding.
   ``narrow='padded_output'`` computes stride-1 convolutions with at most
   :data:`NARROW_CONV_CHANNELS` output channels (and, with 'matmul', such input gradients) with
-  extra padding, cropped (:func:`_conv_padded_output`): XLA:CPU then uses every core for them.
+  extra padding, cropped (see :func:`_conv`): XLA:CPU then uses every core for them.
   """
   strides = tuple(int(v) for v in strides)
   padding = _explicit_padding(x, kernel, strides, padding)
@@ -536,11 +533,9 @@ def space_to_depth_conv(x: Array, kernel: Array, stride: int,
                         weight_grad: WeightGrad = 'xla', narrow: NarrowConvImpl = 'xla') -> Array:
   """A VALID ``stride`` x ``stride`` strided convolution as a stride-1 convolution on blocks.
 
-  The image is cut into ``stride x stride`` blocks stacked on the channel axis (227x227x3 ->
-  57x57x48 for conv1) and the kernel likewise, zero-padded to whole blocks (11x11x3 -> 3x3x48):
-  the same products and sums (the padded taps multiply zeros), laid out as a dense stride-1
-  convolution with 16 times the input channels, which XLA:CPU runs far faster than a stride-4
-  convolution over 3 channels. The kernel keeps its (kh, kw, cin, cout) layout.
+  The blocks of :func:`space_to_depth_blocks`: the same products and sums, laid out as a dense
+  stride-1 convolution with ``stride**2`` times the input channels, which XLA:CPU runs far
+  faster than a stride-4 convolution over 3 channels. The kernel keeps its layout.
   """
   blocks, block_kernel = space_to_depth_blocks(x, kernel, stride)
   return conv2d(blocks, block_kernel, (1, 1), ((0, 0), (0, 0)), weight_grad, narrow)

@@ -861,13 +861,14 @@ def _jax_block(block: str, batch: int, options: dict):
     impl = options['conv_impl']
     weight_grad = options['conv_weight_grad']
     space_to_depth = block == 'conv1' and options['conv1_impl'] == 'space_to_depth'
+    narrow = options['narrow_conv_impl']
 
     def f(kernel, bias, x):
       if space_to_depth:
-        y = model_lib.space_to_depth_conv(x, kernel, stride, weight_grad)
+        y = model_lib.space_to_depth_conv(x, kernel, stride, weight_grad, narrow)
       else:
         y = model_lib.grouped_conv(x, kernel, (stride, stride), ((pad, pad),) * 2, groups, impl,
-                                   weight_grad)
+                                   weight_grad, narrow)
       return jax.nn.relu(y + bias)
     args = (kernel, bias, x)
     argnums = (0, 1) if block == 'conv1' else (0, 1, 2)

@@ -213,6 +213,9 @@ def test_gpu_path_logic_on_cpu():
     # conv1 direct is a stride-4 convolution; the default space-to-depth form has none.
     ('conv1', {}, 'window_strides=(4, 4)', False),
     ('conv1', {'conv1_impl': 'direct'}, 'window_strides=(4, 4)', True),
+    # Narrow convolutions padded to a larger output (conv1's 3x3 blocks: 2 more on each side).
+    ('conv1', {}, 'padding=((2, 2), (2, 2))', True),
+    ('conv1', {'narrow_conv_impl': 'xla'}, 'padding=((2, 2), (2, 2))', False),
     ('norm1', {}, 'reduce_window_sum', True),
     ('conv4', {}, 'feature_group_count=2', False),
     ('conv4', {'conv_impl': 'feature_group_count'}, 'feature_group_count=2', True)])
