@@ -97,6 +97,28 @@ def decode_and_center_square(image_bytes: tf.Tensor, resize_size: int = RESIZE_S
   return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
+def decode_and_warp(image_bytes: tf.Tensor, resize_size: int = RESIZE_SIZE) -> tf.Tensor:
+  """Encoded image -> uint8 ``(resize_size, resize_size, 3)`` RGB: the whole image, warped.
+
+  Caffe's ImageNet pipeline (``convert_imageset --resize_height=256 --resize_width=256``):
+  both sides rescaled to 256, the aspect ratio not kept, with OpenCV's plain bilinear
+  interpolation (no antialiasing, as here). The published BVLC/CaffeNet accuracies were
+  measured on such images.
+  """
+  image = _decode_any_rgb(tf.convert_to_tensor(image_bytes, tf.string))
+  image.set_shape([None, None, 3])
+  resized = tf.image.resize(image, [resize_size, resize_size], method='bilinear', antialias=False)
+  return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def decode_and_resize(image_bytes: tf.Tensor, resize_size: int = RESIZE_SIZE,
+                      warp: bool = False) -> tf.Tensor:
+  """:func:`decode_and_warp` if ``warp`` (Caffe), else :func:`decode_and_center_square`."""
+  if warp:
+    return decode_and_warp(image_bytes, resize_size)
+  return decode_and_center_square(image_bytes, resize_size)
+
+
 # --------------------------------------------------------------------------------------------
 # Stateless randomness
 # --------------------------------------------------------------------------------------------

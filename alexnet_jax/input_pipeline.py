@@ -105,6 +105,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.pca_alpha_std = 0.1
   c.stats_file = ''  # JSON from alexnet_jax.data_stats; overrides the three above.
   c.input_scale = 255.0
+  c.warp = False  # True: the whole image resized to resize_size x resize_size (Caffe's)
+  c.preprocess = ''  # a model preset's name: its model.preprocess replaces mean_rgb/input_scale
   c.shuffle_buffer = 2048  # Encoded examples (streamed sources only).
   c.num_parallel_calls = -1  # -1: tf.data.AUTOTUNE.
   c.cache = True  # Keep encoded bytes in memory (cached sources); ImageNet configs set False.
@@ -276,6 +278,31 @@ def image_stats(data_config) -> tuple[tuple, tuple, tuple]:
         tuple(row) for row in stats['pca_eigvec'])
   return (tuple(data_config.mean_rgb), tuple(data_config.pca_eigval),
           tuple(tuple(row) for row in data_config.pca_eigvec))
+
+
+def _normalization(data_config) -> tuple[tuple, float]:
+  """``(mean_rgb, input_scale)`` the TF map applies: raw 0..255 pixels under a preset's own
+  preprocessing (applied by :func:`_with_preset_preprocessing`), else the run's statistics."""
+  if data_config.get('preprocess'):
+    return (0.0, 0.0, 0.0), 255.0
+  return image_stats(data_config)[0], float(data_config.input_scale)
+
+
+def _with_preset_preprocessing(data_config, batches: Iterator[dict]) -> Iterator[dict]:
+  """Applies ``model.preprocess(data.preprocess, images)`` to each batch's 0..255 pixels.
+
+  The one definition of a preset's normalisation (Caffe's mean pixel, torchvision's mean and
+  std) serves prediction, evaluation and fine-tuning alike.
+  """
+  name = data_config.get('preprocess')
+  if not name:
+    return batches
+  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  if name not in model_lib.PRESETS:
+    raise DataConfigError(f'data.preprocess is {name!r}; set it to one of '
+                          f'{", ".join(model_lib.PRESETS)} or to \'\' (the run\'s mean_rgb).')
+  return ({**batch, 'image': np.asarray(model_lib.preprocess(name, batch['image']))}
+          for batch in batches)
 
 
 def _options(data_config) -> tf.data.Options:
@@ -474,22 +501,24 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, epoch: int,
     ds = ds.map(_plain(lambda i, ex: (i, ex[0], ex[1])))
     are_paths = False
 
-  mean_rgb, eigval, eigvec = image_stats(data_config)
+  _, eigval, eigvec = image_stats(data_config)
+  mean_rgb, scale = _normalization(data_config)
   resize, crop = int(data_config.resize_size), int(data_config.crop_size)
+  warp = bool(data_config.get('warp', False))
 
   @_plain
   def preprocess(position, key, label):
-    image = augment.decode_and_center_square(_encoded(key, are_paths), resize)
+    image = augment.decode_and_resize(_encoded(key, are_paths), resize, warp)
     example_key = augment.example_key(seed, epoch, position * process_count + process_index)
     image = augment.train_image(image, example_key, mean_rgb=mean_rgb, pca_eigval=eigval,
                                 pca_eigvec=eigvec, pca_alpha_std=data_config.pca_alpha_std,
-                                crop_size=crop, input_scale=data_config.input_scale)
+                                crop_size=crop, input_scale=scale)
     return {'image': image, 'label': tf.cast(label, tf.int32)}
 
   ds = ds.map(preprocess, num_parallel_calls=_parallel(data_config), deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
   ds = ds.prefetch(data_config.get('prefetch', 2)).with_options(_options(data_config))
-  return ds.as_numpy_iterator()
+  return _with_preset_preprocessing(data_config, ds.as_numpy_iterator())
 
 
 def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
@@ -518,13 +547,13 @@ def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
     ds = _streamed(data_config, split, process_index, process_count)
     are_paths = False
 
-  mean_rgb, _, _ = image_stats(data_config)
+  mean_rgb, scale = _normalization(data_config)
   resize, crop = int(data_config.resize_size), int(data_config.crop_size)
-  scale = data_config.input_scale
+  warp = bool(data_config.get('warp', False))
 
   @_plain
   def preprocess(key, label):
-    image = augment.decode_and_center_square(_encoded(key, are_paths), resize)
+    image = augment.decode_and_resize(_encoded(key, are_paths), resize, warp)
     if ten_crop:
       image = augment.ten_crop_images(image, mean_rgb=mean_rgb, crop_size=crop, input_scale=scale)
     else:
@@ -539,7 +568,7 @@ def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
       'mask': tf.constant(False)}).repeat(steps * local_batch - local_count)
   ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
   ds = ds.prefetch(data_config.get('prefetch', 2)).with_options(_options(data_config))
-  return ds.as_numpy_iterator()
+  return _with_preset_preprocessing(data_config, ds.as_numpy_iterator())
 
 
 # --------------------------------------------------------------------------------------------

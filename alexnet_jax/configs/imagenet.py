@@ -47,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.pca_alpha_std = 0.1
   c.data.stats_file = ''             # a JSON from `python -m alexnet_jax.data_stats` overrides
   c.data.input_scale = 255.0         # the net sees raw 0..255 pixel units minus the mean
+  c.data.warp = False                # True: the whole image resized to 256x256 (Caffe's)
+  c.data.preprocess = ''             # a preset's name: model.preprocess(name) replaces the
+                                     # mean and scale above (set from init_from's weights)
   c.data.shuffle_buffer = 16384
   c.data.num_parallel_calls = -1     # AUTOTUNE
   c.data.cache = False
