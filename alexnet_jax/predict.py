@@ -36,10 +36,9 @@ import numpy as np  # noqa: E402
 
 from alexnet_jax import class_names  # noqa: E402
 from alexnet_jax import photos  # noqa: E402
+from alexnet_jax import pretrained  # noqa: E402
 
 TOP_K = 5
-# Caffe's published numbers are on images warped to 256x256; the others keep the aspect ratio.
-WARP_PRESETS = ('bvlc', 'caffenet')
 
 
 class UsageError(ValueError):
@@ -56,27 +55,16 @@ class InputSpec:
   description: str
 
 
-def preset_name(model) -> str:
-  """The name of the preset an ``AlexNet`` was built as ('paper', 'bvlc', ...)."""
-  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  fields = sorted({k for overrides in model_lib.PRESETS.values() for k in overrides})
-  for name in model_lib.PRESETS:
-    reference = model_lib.preset(name)
-    if all(getattr(model, f) == getattr(reference, f) for f in fields):
-      return name
-  return 'paper'
-
-
 def preset_inputs(name: str) -> InputSpec:
   """A preset's published preprocessing (resize, crop, ``model.preprocess``)."""
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   if name not in model_lib.PRESETS:
     raise UsageError(f'unknown preset {name!r}; use one of {", ".join(model_lib.PRESETS)}.')
-  spec = model_lib.PRESET_INPUTS[name]
-  return InputSpec(spec.resize, spec.input_size, name in WARP_PRESETS,
+  fields = pretrained.preset_data_fields(name)
+  return InputSpec(fields['resize_size'], fields['crop_size'], fields['warp'],
                    functools.partial(model_lib.preprocess, name),
-                   f'{name} preset ({"warp" if name in WARP_PRESETS else "shorter side"} to '
-                   f'{spec.resize}, centre {spec.input_size})')
+                   f'{name} preset ({"warp" if fields["warp"] else "shorter side"} to '
+                   f'{fields["resize_size"]}, centre {fields["crop_size"]})')
 
 
 def run_inputs(workdir: str, config: dict) -> InputSpec:
@@ -115,7 +103,7 @@ def load_weights(path: str, preset: str | None):
     with open(config_path, encoding='utf-8') as f:
       inputs = run_inputs(path, json.load(f))
   else:
-    inputs = preset_inputs(preset or preset_name(model))
+    inputs = preset_inputs(preset or pretrained.preset_name(model))
   names = class_names.for_model(model.num_classes, path if os.path.isdir(path) else None)
   return model, variables, inputs, names
 

@@ -52,6 +52,29 @@ def test_central_square_window(height, width):
   assert (int(ty), int(tx), int(tside)) == (y, x, side)
 
 
+def _bilinear_warp(pixels: np.ndarray, size: int) -> np.ndarray:
+  """float64 numpy: plain bilinear resampling to size x size, pixel centres aligned (as
+  OpenCV's INTER_LINEAR, Caffe's resize), no antialiasing."""
+  def taps(n_in):
+    src = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
+    lo = np.floor(src).astype(int)
+    return lo, np.minimum(lo + 1, n_in - 1), src - lo
+  y0, y1, fy = taps(pixels.shape[0])
+  x0, x1, fx = taps(pixels.shape[1])
+  p = pixels.astype(np.float64)
+  rows = p[y0] * (1 - fy)[:, None, None] + p[y1] * fy[:, None, None]
+  return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+
+
+@pytest.mark.parametrize('height,width', [(256, 384), (400, 300), (130, 97)])
+def test_decode_and_warp_resizes_the_whole_image_like_caffe(height, width):
+  pixels = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+  out = augment.decode_and_resize(_encode(Image.fromarray(pixels), 'PNG'), 256,
+                                  warp=True).numpy()
+  chex.assert_shape(out, (256, 256, 3))
+  np.testing.assert_allclose(out, _bilinear_warp(pixels, 256), atol=0.5 + 1e-3)
+
+
 @pytest.mark.parametrize('height,width', [(256, 384), (400, 300), (130, 97)])
 def test_decode_and_center_square_matches_resize_then_crop(height, width):
   pixels = _smooth_rgb(height, width)

@@ -60,6 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 128                 # global, whatever the device count
   c.num_epochs = 90                  # "roughly 90 cycles through the training set"
   c.max_steps = -1                   # -1: num_epochs decides
+  # Imported weights to start from (any file alexnet_jax.weights.load reads): every layer,
+  # fc8 re-initialised if the class count differs; the preset and preprocessing follow the file.
+  c.init_from = ''
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 0.01       # "initialized at 0.01"
   c.optim.momentum = 0.9

@@ -1,0 +1,87 @@
+"""Imported weights as a run's starting point (``config.init_from``) and their preprocessing.
+
+A weights file fixes the network (its preset) and, through the preset, how images must be
+prepared for the weights to mean anything: Caffe's models saw whole images warped to 256x256
+with Caffe's mean pixel removed, torchvision's the shorter side resized to 256 and its mean and
+std. :func:`resolve_config` writes that into a run's config; :func:`start_params` puts the
+file's layers into a freshly initialised parameter tree, re-initialising only fc8 when the
+run's class count differs from the file's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+
+# Caffe's published numbers are on images warped to 256x256; the others keep the aspect ratio.
+WARP_PRESETS = ('bvlc', 'caffenet')
+CLASSIFIER = 'fc8'
+
+
+def preset_name(model) -> str:
+  """The name of the preset an ``AlexNet`` was built as ('paper', 'bvlc', ...)."""
+  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  fields = sorted({k for overrides in model_lib.PRESETS.values() for k in overrides})
+  for name in model_lib.PRESETS:
+    reference = model_lib.preset(name)
+    if all(getattr(model, f) == getattr(reference, f) for f in fields):
+      return name
+  return 'paper'
+
+
+def preset_data_fields(name: str) -> dict[str, Any]:
+  """The ``config.data`` values of a preset's published preprocessing."""
+  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  inputs = model_lib.PRESET_INPUTS[name]
+  return {'preprocess': name, 'warp': name in WARP_PRESETS, 'resize_size': inputs.resize,
+          'crop_size': inputs.input_size}
+
+
+def load(path: str):
+  """``(model, variables)`` of ``config.init_from``, with errors that name the config field."""
+  from alexnet_jax import weights  # pylint: disable=g-import-not-at-top
+  path = os.path.expanduser(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config.init_from: {path} does not exist; pass a weights file '
+                            '(.caffemodel, .onnx, .pth, .safetensors or this project\'s own).')
+  return weights.load(path)
+
+
+def resolve_config(config: ml_collections.ConfigDict, model) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with the preset and preprocessing of the weights' ``model``.
+
+  ``config.model.preset`` '' takes the file's; another preset than the file's is refused. The
+  data fields that are still the paper's defaults (``data.preprocess`` '') take the preset's.
+  """
+  name = preset_name(model)
+  wanted = config.model.get('preset', '')
+  if wanted and wanted != name:
+    raise ValueError(f'config.model.preset is {wanted!r} but {config.init_from} holds a '
+                     f'{name!r} network; set --config.model.preset={name} (or \'\').')
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.preset = name
+    if not config.data.get('preprocess'):
+      config.data.update(preset_data_fields(name))
+  return config
+
+
+def start_params(fresh: dict, loaded: dict, log=print) -> dict:
+  """``fresh`` (an initialised tree) with every layer of ``loaded``; fc8 stays fresh when the
+  class counts differ, and ``log`` says so. Any other mismatch is an error naming the layer."""
+  merged = dict(fresh)
+  for name, layer in fresh.items():
+    source = loaded.get(name)
+    shapes = {k: tuple(v.shape) for k, v in layer.items()}
+    got = None if source is None else {k: tuple(v.shape) for k, v in source.items()}
+    if got == shapes:
+      merged[name] = {k: source[k].astype(layer[k].dtype) for k in layer}
+    elif name == CLASSIFIER and got is not None:
+      log(f'init_from: {CLASSIFIER} has {got["bias"][0]} classes in the file but '
+          f'{shapes["bias"][0]} here: {CLASSIFIER} is re-initialised, every other layer loaded.')
+    else:
+      raise ValueError(f'config.init_from: layer {name} is {got} in the file but {shapes} in '
+                       'the network; use weights of the same preset.')
+  return merged
