@@ -97,14 +97,18 @@ def load_weights(path: str, preset: str | None):
   from alexnet_jax import weights  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     raise UsageError(f'--weights {path} does not exist; pass a weights file or a run\'s workdir.')
-  model, variables = weights.load(path)
-  config_path = os.path.join(path, 'config.json')
-  if os.path.isdir(path) and os.path.exists(config_path) and preset is None:
-    with open(config_path, encoding='utf-8') as f:
-      inputs = run_inputs(path, json.load(f))
+  try:
+    model, variables = weights.load(path, preset=preset)
+  except weights.WeightsError as e:
+    raise UsageError(str(e)) from e
+  # A run (its workdir, checkpoints/ or one checkpoint): its own classes and preprocessing.
+  workdir = weights._run_dirs(path)[0] if os.path.isdir(path) else None  # pylint: disable=protected-access
+  if workdir:
+    with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+      inputs = run_inputs(workdir, json.load(f))
   else:
-    inputs = preset_inputs(preset or pretrained.preset_name(model))
-  names = class_names.for_model(model.num_classes, path if os.path.isdir(path) else None)
+    inputs = preset_inputs(pretrained.preset_name(model))
+  names = class_names.for_model(model.num_classes, workdir)
   return model, variables, inputs, names
 
 
@@ -178,7 +182,8 @@ def parse_args(argv) -> argparse.Namespace:
                       help='a weights file (.caffemodel, .onnx, .pth, .safetensors, ours) or a '
                       'run\'s workdir')
   parser.add_argument('--preset', default=None,
-                      help='preprocess as this preset (default: the weights\' own)')
+                      help='the network the weights file must hold (checked; default: what the '
+                      'file says)')
   parser.add_argument('--ten-crop', action='store_true',
                       help='average over the ten patches (corners, centre, mirrored)')
   parser.add_argument('--json', action='store_true', help='print one JSON object')

@@ -22,13 +22,8 @@ CLASSIFIER = 'fc8'
 
 def preset_name(model) -> str:
   """The name of the preset an ``AlexNet`` was built as ('paper', 'bvlc', ...)."""
-  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  fields = sorted({k for overrides in model_lib.PRESETS.values() for k in overrides})
-  for name in model_lib.PRESETS:
-    reference = model_lib.preset(name)
-    if all(getattr(model, f) == getattr(reference, f) for f in fields):
-      return name
-  return 'paper'
+  from alexnet_jax import weights  # pylint: disable=g-import-not-at-top
+  return weights.preset_of(model)[0]
 
 
 def preset_data_fields(name: str) -> dict[str, Any]:
