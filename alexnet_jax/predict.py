@@ -201,10 +201,10 @@ def predict(args: argparse.Namespace) -> dict:
     raise UsageError(f'no image files in {" ".join(args.paths)}; pass image files or folders '
                      f'holding files ending in {", ".join(photos.IMAGE_SUFFIXES[:4])}, ...')
   model, variables, inputs, names = load_weights(args.weights, args.preset)
-  classify = make_classifier(model, variables, inputs, args.batch_size)
+  batch_size = min(args.batch_size, len(files))  # a few photos: no padding to a large batch
+  classify = make_classifier(model, variables, inputs, batch_size)
   predictions, skipped = [], []
-  for batch_files, pixels in image_batches(files, inputs, args.batch_size, args.ten_crop,
-                                           skipped):
+  for batch_files, pixels in image_batches(files, inputs, batch_size, args.ten_crop, skipped):
     for file, probs in zip(batch_files, classify(pixels)):
       top = top_classes(probs, names, min(args.top, len(names)))
       predictions.append({'file': file, 'top': top})
