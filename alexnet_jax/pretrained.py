@@ -55,9 +55,14 @@ def resolve_config(config: ml_collections.ConfigDict, model) -> ml_collections.C
   if wanted and wanted != name:
     raise ValueError(f'config.model.preset is {wanted!r} but {config.init_from} holds a '
                      f'{name!r} network; set --config.model.preset={name} (or \'\').')
+  from alexnet_jax import weights  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.model.preset = name
+    # The file's network; the class count stays the config's (fc8 may change), and so does
+    # the init scheme (it only starts that new fc8).
+    config.model.update({f: getattr(model, f) for f in weights.ARCHITECTURE_FIELDS
+                         if f not in ('num_classes', 'init_scheme')})
     if not config.data.get('preprocess'):
       config.data.update(preset_data_fields(name))
   return config

@@ -30,6 +30,7 @@ from alexnet_jax import config_checks
 from alexnet_jax import layout as layout_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
+from alexnet_jax import pretrained
 from alexnet_jax import report
 from alexnet_jax import train as train_lib
 
@@ -217,11 +218,27 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _initial_state(s: Setup) -> train_lib.TrainState:
+def _initial_state(s: Setup, imported: dict | None = None) -> train_lib.TrainState:
+  """A fresh train state; with ``imported`` params (config.init_from), those in every layer
+  whose shape fits (all but a resized fc8)."""
   crop = s.config.data.crop_size
   init = jax.jit(lambda rng: train_lib.create_train_state(rng, s.model, s.tx, (1, crop, crop, 3)),
                  out_shardings=s.steps.state_sharding)
-  return init(jax.random.PRNGKey(s.config.seed))
+  state = init(jax.random.PRNGKey(s.config.seed))
+  if imported is None:
+    return state
+  log = print if jax.process_index() == 0 else lambda _: None
+  params = pretrained.start_params(jax.device_get(state.params), imported, log)
+  return state.replace(params=jax.device_put(params, s.steps.state_sharding.params))
+
+
+def imported_weights(config: ml_collections.ConfigDict):
+  """``(config, params)``: for ``config.init_from``, the config with the file's preset and
+  preprocessing and the file's params; else ``(config, None)``."""
+  if not config.get('init_from'):
+    return config, None
+  model, variables = pretrained.load(config.init_from)
+  return pretrained.resolve_config(config, model), jax.device_get(variables['params'])
 
 
 def _abstract_sharded(s: Setup):
@@ -354,6 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   is_main = jax.process_index() == 0
   # Installed first: a preemption while the job starts up still ends it cleanly.
   with _StopRequest() as stop:
+    config, imported = imported_weights(config)
     s = setup(config)
     check_free_space(workdir, state_bytes(s.abstract_state), config.checkpoint.keep)
     ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.checkpoint.keep,
@@ -361,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     try:
       if start_over:
         ckpts.set_aside_all()
-      result = _TrainingLoop(s, workdir, ckpts, stop).run()
+      result = _TrainingLoop(s, workdir, ckpts, stop, imported).run()
     except Exception:
       # Let a save already under way finish: a process that exits mid-write loses it.
       try:
@@ -376,9 +394,10 @@ class _TrainingLoop:
   """The loop of :func:`train_and_evaluate`: resume or init, epochs, their ends, the finish."""
 
   def __init__(self, s: Setup, workdir: str, ckpts: checkpoint_lib.Checkpoints,
-               stop: _StopRequest):
+               stop: _StopRequest, imported: dict | None = None):
     from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
     self.s, self.config, self.workdir, self.ckpts, self.stop = s, s.config, workdir, ckpts, stop
+    self.imported = imported  # config.init_from's params: the start when no checkpoint exists
     self.pipeline = input_pipeline
     self.is_main = jax.process_index() == 0
     self.policy = optim.make_lr_policy(self.config.optim)
@@ -399,7 +418,7 @@ class _TrainingLoop:
     """The newest intact checkpoint's loop state, or a fresh one (step 0)."""
     restored = self.ckpts.restore_latest_intact(_abstract_sharded(self.s), self.network)
     if restored is None:
-      return LoopState(state=_initial_state(self.s),
+      return LoopState(state=_initial_state(self.s, self.imported),
                        policy_state=self.policy.init(self.config.optim.learning_rate))
     step, state, meta = restored
     loop = LoopState.from_checkpoint(step, state, meta)
@@ -757,7 +776,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
              which: str = 'best') -> dict[str, Any]:
   """Top-1/top-5 error of the workdir's best (or latest) checkpoint: centre crop and 10-crop."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  config, imported = imported_weights(config)
   if not checkpoint_lib.has_checkpoints(workdir):
+    if imported is not None:  # the imported weights as they are (the published accuracy)
+      return _evaluate_imported(config, imported)
     raise FileNotFoundError(f'No checkpoint in {os.path.join(workdir, "checkpoints")}; train first '
                             f'with: python -m alexnet_jax.main --workdir {workdir}')
   s = setup(config)
@@ -779,11 +801,31 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                        'with --checkpoint=latest.') from e
   ckpts.close()
   results = {'step': int(step), 'checkpoint': label}
+  return _evaluate_crops(s, state.params, f'checkpoint step {step} ({label})', results)
+
+
+def _evaluate_crops(s: Setup, params, what: str, results: dict) -> dict[str, Any]:
+  """``results`` with the centre-crop and 10-crop evaluations of ``params``, each printed."""
   for name, ten_crop in (('centre_crop', False), ('ten_crop', True)):
-    r = evaluate_params(s, state.params, ten_crop, config.eval.max_batches)
+    r = evaluate_params(s, params, ten_crop, s.config.eval.max_batches)
     results[name] = r
     if jax.process_index() == 0:
-      print(f'checkpoint step {step} ({label}), {name.replace("_", " ")}: top-1 error '
+      print(f'{what}, {name.replace("_", " ")}: top-1 error '
             f'{100 * r["val_top1_error"]:.2f}%, top-5 error {100 * r["val_top5_error"]:.2f}% '
             f'on {r["val_examples"]} validation images', flush=True)
   return results
+
+
+def _evaluate_imported(config: ml_collections.ConfigDict, imported: dict) -> dict[str, Any]:
+  """Evaluates ``config.init_from``'s params unchanged, with the preset's preprocessing."""
+  s = setup(config)
+  expected = s.abstract_state.params
+  for layer, parts in expected.items():
+    for part, value in parts.items():
+      if tuple(imported[layer][part].shape) != tuple(value.shape):
+        raise ValueError(f'config.init_from {config.init_from}: {layer} {part} has shape '
+                         f'{tuple(imported[layer][part].shape)} but the network on this dataset '
+                         f'needs {tuple(value.shape)}; evaluate it on a dataset of its classes.')
+  params = jax.device_put(imported, s.steps.state_sharding.params)
+  results = {'step': 0, 'checkpoint': 'init_from'}
+  return _evaluate_crops(s, params, f'imported weights {config.init_from}', results)
