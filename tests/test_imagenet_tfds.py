@@ -126,3 +126,72 @@ def test_repaired_images_come_out_rgb(config):
       found[name] = augment.decode_and_center_square(ex['image']).numpy()[128, 128]
   np.testing.assert_allclose(found[CMYK_FILE], (200, 40, 40), atol=6)
   np.testing.assert_allclose(found[PNG_FILE], (40, 200, 40), atol=6)
+
+
+def _torchvision_safetensors(path, seed=4):
+  """A torchvision AlexNet state dict (random weights) in a .safetensors file, and the weights."""
+  import weight_files  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import weight_formats  # pylint: disable=g-import-not-at-top
+  w = weight_files.random_weights(weight_files.TORCHVISION_CONVS, seed=seed)
+  keys = {'conv1': 'features.0', 'conv2': 'features.3', 'conv3': 'features.6',
+          'conv4': 'features.8', 'conv5': 'features.10', 'fc6': 'classifier.1',
+          'fc7': 'classifier.4', 'fc8': 'classifier.6'}
+  tensors = {}
+  for layer, key in keys.items():
+    tensors[f'{key}.weight'], tensors[f'{key}.bias'] = w[layer]
+  weight_formats.write_safetensors(str(path), tensors, {})
+  return w
+
+
+def _reference_losses(config, w, mean, std):
+  """Per-image loss, top-1 and top-5 hits of the torchvision weights on the validation images,
+  prepared independently: Pillow decode, shorter side to 256, centre 224, (x/255 - mean) / std,
+  a float32 NumPy forward pass of torchvision's layers in NCHW."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import weight_files  # pylint: disable=g-import-not-at-top
+  net = weight_files.torchvision_alexnet(w)
+  builder = tfds.builder('imagenet2012', data_dir=config.data_dir)
+  images, labels = [], []
+  for ex in builder.as_dataset(split='validation', decoders={'image': tfds.decode.SkipDecoding()}):
+    image = Image.open(io.BytesIO(ex['image'].numpy())).convert('RGB')
+    width, height = image.size
+    scale = 256 / min(width, height)
+    image = image.resize((max(256, round(width * scale)), max(256, round(height * scale))),
+                         Image.BILINEAR)
+    pixels = np.asarray(image, np.float32)
+    top, left = (pixels.shape[0] - 224) // 2, (pixels.shape[1] - 224) // 2
+    pixels = pixels[top:top + 224, left:left + 224]
+    images.append((pixels / 255.0 - np.asarray(mean)) / np.asarray(std))
+    labels.append(int(ex['label']))
+  with torch.no_grad():
+    logits = net(torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)))
+  logits = logits.numpy().astype(np.float64)
+  log_probs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(
+      1, keepdims=True)) - logits.max(1, keepdims=True)
+  labels = np.asarray(labels)
+  loss = -log_probs[np.arange(len(labels)), labels]
+  rank = (logits > logits[np.arange(len(labels)), labels][:, None]).sum(1)
+  return loss.mean(), (rank >= 1).mean(), (rank >= 5).mean()
+
+
+def test_eval_of_imported_weights_uses_the_presets_preprocessing(config, tmp_path):
+  """``--mode=eval --config.init_from=FILE`` (the published-accuracy path) on the fake tars."""
+  pytest.importorskip('torch')
+  from alexnet_jax import trainer  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import imagenet  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'alexnet-owt.safetensors'
+  w = _torchvision_safetensors(path)
+  run = imagenet.get_config()
+  run.data.data_dir, run.data.manual_dir = config.data_dir, config.manual_dir
+  run.data.cache = False
+  run.init_from = str(path)
+  run.batch_size = run.eval.batch_size = 4
+  results = trainer.evaluate(run, str(tmp_path / 'workdir'))
+  got = results['centre_crop']
+  assert got['val_examples'] == NUM_VAL and results['checkpoint'] == 'init_from'
+  loss, top1, top5 = _reference_losses(config, w, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+  assert got['val_loss'] == pytest.approx(loss, rel=1e-4)
+  assert (got['val_top1_error'], got['val_top5_error']) == (top1, top5)
+  # The paper's preprocessing (0..255 minus the mean) would give another loss altogether.
+  paper_loss, _, _ = _reference_losses(config, w, (0.485, 0.456, 0.406), (1 / 255,) * 3)
+  assert abs(paper_loss - loss) > 0.05 * loss

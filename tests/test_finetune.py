@@ -1,0 +1,68 @@
+"""Fine-tuning from imported weights (``--config.init_from``, ``configs/finetune.py``).
+
+A BVLC-format stand-in (.caffemodel, random weights, 1000 classes) fine-tuned on a two-class
+folder: the run's first state holds exactly the file's conv1..fc7 (compared with what
+``alexnet_jax.weights.load`` reads from it), a fresh fc8 of two classes, and the log says so;
+the network and the preprocessing are the file's preset's.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import trainer
+from alexnet_jax import weights
+from alexnet_jax.configs import finetune
+
+import tiny_config as tiny
+import weight_files
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+  root = tmp_path_factory.mktemp('finetune')
+  w = weight_files.random_weights(weight_files.CAFFE_CONVS, seed=5)
+  path = root / 'bvlc_alexnet.caffemodel'
+  path.write_bytes(weight_files.caffemodel(w, v1=True))
+  return str(path), tiny.make_image_folder(str(root / 'images')), root
+
+
+def _config(path, folder):
+  c = finetune.get_config()
+  c.init_from, c.data.folder = path, folder
+  c.batch_size, c.eval.batch_size = 4, 4
+  c.progress_bar = False
+  return c
+
+
+def test_a_finetune_starts_from_the_imported_layers(files, capsys):
+  path, folder, root = files
+  config, imported = trainer.imported_weights(_config(path, folder))
+  assert (config.model.preset, config.data.preprocess, config.data.warp,
+          config.data.crop_size) == ('bvlc', 'bvlc', True, 227)
+  s = trainer.setup(config)
+  workdir = str(root / 'run')
+  ckpts = checkpoint_lib.Checkpoints(workdir, keep=1, async_save=False)
+  loop = trainer._TrainingLoop(s, workdir, ckpts, None, imported)  # pylint: disable=protected-access
+  params = jax.device_get(loop.resume_or_init().state.params)
+  ckpts.close()
+  _, reference = weights.load(path)
+  for layer in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7'):
+    for part in ('kernel', 'bias'):
+      np.testing.assert_array_equal(params[layer][part], reference['params'][layer][part])
+  assert params['fc8']['kernel'].shape == (4096, tiny.NUM_CLASSES)
+  assert not np.any(params['fc8']['bias'])  # a fresh fc8: zero bias, not the file's
+  assert 'fc8 is re-initialised' in capsys.readouterr().out
+
+
+def test_the_file_decides_the_preset(files):
+  path, folder, _ = files
+  config = _config(path, folder)
+  config.model.preset = 'torchvision'
+  with pytest.raises(ValueError, match="holds a 'bvlc' network"):
+    trainer.imported_weights(config)
+  config.model.preset = ''
+  config.init_from = path + '.missing'
+  with pytest.raises(FileNotFoundError, match='config.init_from'):
+    trainer.imported_weights(config)
