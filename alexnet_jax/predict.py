@@ -1,10 +1,9 @@
 """Classify photos: ``python -m alexnet_jax.predict --weights FILE_OR_WORKDIR PATH...``.
 
-Prints the top-5 classes of every image with their probabilities::
+Prints the top-5 classes of every image with their probabilities, under the file's path::
 
     photos/hopper.jpg
-      0.6418  n03763968  military uniform
-      ...
+      <probability>  <synset id>  <name>     (five lines, most probable first)
 
 ``--weights`` takes any file ``alexnet_jax.weights.load`` reads (a ``.caffemodel``, ``.onnx``,
 torchvision ``.pth``/``.safetensors``, this project's own format) or a training run's workdir.
