@@ -66,3 +66,15 @@ def test_the_file_decides_the_preset(files):
   config.init_from = path + '.missing'
   with pytest.raises(FileNotFoundError, match='config.init_from'):
     trainer.imported_weights(config)
+
+
+def test_the_command_line_takes_init_from(files, tmp_path):
+  _, folder, _ = files
+  session = tiny.Session(str(tmp_path))
+  result = session.run(
+      [*session.command(str(tmp_path / 'run'), config=False),
+       '--config=alexnet_jax/configs/finetune.py', f'--config.data.folder={folder}',
+       f'--config.init_from={tmp_path / "no_such.caffemodel"}'], timeout=300)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and lines[-1].startswith('error: config.init_from:'), result
+  assert 'Traceback' not in result.stderr

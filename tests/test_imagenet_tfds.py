@@ -145,15 +145,17 @@ def _torchvision_safetensors(path, seed=4):
 
 def _reference_losses(config, w, mean, std):
   """Per-image loss, top-1 and top-5 hits of the torchvision weights on the validation images,
-  prepared independently: Pillow decode, shorter side to 256, centre 224, (x/255 - mean) / std,
-  a float32 NumPy forward pass of torchvision's layers in NCHW."""
+  prepared independently: TF's JPEG decoder (Pillow's rounds colours differently; decoding is
+  not what is tested), Pillow's resize of the shorter side to 256, centre 224, (x/255 - mean)
+  / std, torchvision's layers in torch.nn."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import weight_files  # pylint: disable=g-import-not-at-top
   net = weight_files.torchvision_alexnet(w)
   builder = tfds.builder('imagenet2012', data_dir=config.data_dir)
   images, labels = [], []
   for ex in builder.as_dataset(split='validation', decoders={'image': tfds.decode.SkipDecoding()}):
-    image = Image.open(io.BytesIO(ex['image'].numpy())).convert('RGB')
+    image = Image.fromarray(tf.io.decode_jpeg(ex['image'], channels=3).numpy())
     width, height = image.size
     scale = 256 / min(width, height)
     image = image.resize((max(256, round(width * scale)), max(256, round(height * scale))),
