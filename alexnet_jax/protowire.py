@@ -72,11 +72,25 @@ def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
       raise WireError('a varint is longer than 10 bytes')
 
 
-def read_message(data: memoryview, start: int = 0, end: int | None = None) -> dict[int, list]:
-  """``{field_number: [values in file order]}`` of the message in ``data[start:end]``."""
+def read_message(data: memoryview, start: int = 0, end: int | None = None,
+                 partial: bool = False) -> dict[int, list]:
+  """``{field_number: [values in file order]}`` of the message in ``data[start:end]``.
+
+  With ``partial`` a broken field ends the reading instead of raising: the fields before it are
+  returned, and the error under the key 0 (no real field has number 0).
+  """
   end = len(data) if end is None else end
   fields: dict[int, list] = {}
-  pos = start
+  try:
+    _read_fields(data, start, end, fields)
+  except WireError as e:
+    if not partial:
+      raise
+    fields[0] = [e]
+  return fields
+
+
+def _read_fields(data: memoryview, pos: int, end: int, fields: dict[int, list]) -> None:
   while pos < end:
     key, pos = _varint(data, pos, end)
     number, wire_type = key >> 3, key & 7
@@ -97,7 +111,6 @@ def read_message(data: memoryview, start: int = 0, end: int | None = None) -> di
     else:  # 3, 4 (groups, unused since proto2's early days), 6, 7: not protobuf we can read.
       raise WireError(f'unsupported wire type {wire_type}')
     fields.setdefault(number, []).append(value)
-  return fields
 
 
 def map_file(path: str) -> memoryview:

@@ -168,12 +168,13 @@ def read_caffemodel(path: str) -> Source:
   """A Caffe NetParameter, current (``layer``) or V1 (``layers``), by memory map."""
   data = pw.map_file(path)
   try:
-    net = pw.read_message(data)
+    net = pw.read_message(data, partial=True)
     key = 'layer' if 100 in net else 'layers'
     fields = _LAYER_FIELDS[key]
     found, ops = [], []
     for span in net.get(100 if key == 'layer' else 2, []):
       layer = span.message()
+      name = pw.text(layer, fields[0])
       kind = (pw.text(layer, fields[1]) if key == 'layer'
               else _V1_TYPES.get(pw.first(layer, fields[1], 0), 'other'))
       if kind in ('Convolution', 'LRN', 'Pooling'):
@@ -186,8 +187,10 @@ def read_caffemodel(path: str) -> Source:
                 else np.zeros(weight.shape[0], np.float32))
         if rank == 2:
           ops.append(Op('fc', (('out', int(weight.shape[0])),)))
-        found.append(('conv' if rank == 4 else 'fc', pw.text(layer, fields[0]),
-                      {'weight': weight, 'bias': bias}))
+        found.append(('conv' if rank == 4 else 'fc', name, {'weight': weight, 'bias': bias}))
+    if 0 in net:
+      last = f"after layer '{name}'" if found or ops else 'before its first layer'
+      raise pw.WireError(f'{last}: {net[0][0]}')
   except pw.WireError as e:
     raise _error(path, f'not a readable .caffemodel (truncated or not a Caffe NetParameter: '
                  f'{e}).') from None
