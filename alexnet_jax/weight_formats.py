@@ -149,9 +149,10 @@ def _caffe_op(kind: str, layer: dict, fields: tuple) -> Op:
   _, _, _, conv_f, lrn_f, pool_f = fields
   if kind == 'Convolution':
     p = pw.first(layer, conv_f).message() if conv_f in layer else {}
-    pad = (pw.repeated_ints(p, 3) or [0])[0]
-    return conv_op(pw.first(p, 1, 0), (pw.repeated_ints(p, 4) or [0])[0],
-                   (pw.repeated_ints(p, 6) or [1])[0], (pad,) * 4, pw.first(p, 5, 1))
+    # pad 3, kernel_size 4, stride 6 (or their _h forms: pad_h 9, kernel_h 11, stride_h 13)
+    pad, kernel, stride = ((pw.repeated_ints(p, n) or pw.repeated_ints(p, h) or [default])[0]
+                           for n, h, default in ((3, 9, 0), (4, 11, 0), (6, 13, 1)))
+    return conv_op(pw.first(p, 1, 0), kernel, stride, (pad,) * 4, pw.first(p, 5, 1))
   if kind == 'LRN':  # ACROSS_CHANNELS (0) runs over all channels; WITHIN_CHANNEL is spatial.
     p = pw.first(layer, lrn_f).message() if lrn_f in layer else {}
     size = pw.first(p, 1, 5)
