@@ -292,8 +292,8 @@ def _bad_files(base, caffe_weights, zoo, torchvision_state):
   vgg_weights = {**small, **{k: v for k, v in extra.items() if k.startswith('conv')}}
   narrow = files.random_weights(files.CAFFE_CONVS, fc7_out=2048, seed=7)
   cases = {
-      'truncated.caffemodel': (good_caffe[:len(good_caffe) // 2], ['truncated', 'after layer']),
-      'truncated.onnx': (good_onnx[:len(good_onnx) // 3], ['truncated']),
+      'truncated.caffemodel': (good_caffe[:len(good_caffe) // 2], ['truncated', "layer 'fc6' is cut off"]),
+      'truncated.onnx': (good_onnx[:len(good_onnx) // 3], ['truncated', "initializer 'fc6_w_0' is cut off"]),
       'notes.onnx': (b'not a model at all\n', ['not a readable ONNX model']),
       'notes.caffemodel': (b'not a model at all\n', ['.caffemodel']),
       'notes.safetensors': (b'not a model at all\n', ['.safetensors']),
