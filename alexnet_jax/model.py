@@ -1,7 +1,9 @@
 """AlexNet (Krizhevsky, Sutskever and Hinton, NIPS 2012) as pure Flax linen modules.
 
 This module imports only jax, numpy and flax: other JAX projects can ``import
-alexnet_jax.model`` without pulling in TensorFlow, the input pipeline or training code.
+alexnet_jax.model`` without pulling in TensorFlow, the input pipeline or training code. The
+kernels (LRN, pooling, the tower convolution and their fast paths) live beside it in
+``alexnet_jax.ops`` and are re-exported here.
 
 The network (input NHWC float images of 227x227x3, output logits)::
 
@@ -70,623 +72,32 @@ prediction helpers such as :func:`predict_probabilities`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 from jax import lax
 
+# The kernels, re-exported: ``alexnet_jax.model.max_pool`` and the like keep working.
+from alexnet_jax.ops.conv import (NARROW_CONV_CHANNELS, Conv1Impl, ConvImpl,  # noqa: F401
+                                  NarrowConvImpl, TowerConv, WeightGrad, conv2d,
+                                  conv_weight_grad_matmul, grouped_conv, space_to_depth_blocks,
+                                  space_to_depth_conv)
+from alexnet_jax.ops.lrn import (LocalResponseNorm, LrnGrad, LrnImpl,  # noqa: F401
+                                 local_response_norm, lrn_window)
+from alexnet_jax.ops.pool import PoolImpl, adaptive_avg_pool, max_pool  # noqa: F401
+
 Array = jax.Array
 Dtype = Any
+Auto = Literal['auto']
 
 NUM_PARAMS_1000_CLASSES = 60_965_224
 
 
 # --------------------------------------------------------------------------------------------
-# Local response normalisation
-# --------------------------------------------------------------------------------------------
-def lrn_window(size: int) -> tuple[int, int]:
-  """Channels before and after ``c`` in the window of channel ``c``: ``(size // 2, (size - 1) // 2)``.
-
-  For odd sizes (the paper's 5) this is the symmetric window ``c - 2 .. c + 2``. For even sizes it
-  follows PyTorch and Caffe (one more channel before than after).
-  """
-  return size // 2, (size - 1) // 2
-
-
-def _band_matrix(channels: int, size: int, groups: int) -> np.ndarray:
-  """(C, C) 0/1 matrix: ``B[j, c] = 1`` when channel j is in channel c's window and group."""
-  before, after = lrn_window(size)
-  idx = np.arange(channels)
-  group = idx // (channels // groups)
-  diff = idx[:, None] - idx[None, :]  # j - c
-  inside = (diff >= -before) & (diff <= after) & (group[:, None] == group[None, :])
-  return inside.astype(np.float32)
-
-
-def _window_sum_matmul(sq: Array, size: int, groups: int) -> Array:
-  band = jnp.asarray(_band_matrix(sq.shape[-1], size, groups), dtype=sq.dtype)
-  return jnp.dot(sq, band, precision=lax.Precision.HIGHEST)
-
-
-def _window_sum_reduce_window(sq: Array, size: int, groups: int) -> Array:
-  before, after = lrn_window(size)
-  shape = sq.shape
-  grouped = sq.reshape(shape[:-1] + (groups, shape[-1] // groups))
-  nd = grouped.ndim
-  summed = lax.reduce_window(
-      grouped, 0.0, lax.add,  # Python-scalar init: reduce_window only differentiates this way.
-      window_dimensions=(1,) * (nd - 1) + (size,),
-      window_strides=(1,) * nd,
-      padding=((0, 0),) * (nd - 1) + ((before, after),))
-  return summed.reshape(shape)
-
-
-def _window_sum_cumsum(sq: Array, size: int, groups: int) -> Array:
-  before, after = lrn_window(size)
-  shape = sq.shape
-  grouped = sq.reshape(shape[:-1] + (groups, shape[-1] // groups))
-  pad = [(0, 0)] * (grouped.ndim - 1) + [(before + 1, after)]
-  csum = jnp.cumsum(jnp.pad(grouped, pad), axis=-1)
-  summed = csum[..., size:] - csum[..., :-size]
-  return summed.reshape(shape)
-
-
-def _window_sum_shifted(sq: Array, size: int, groups: int) -> Array:
-  before, after = lrn_window(size)
-  shape = sq.shape
-  grouped = sq.reshape(shape[:-1] + (groups, shape[-1] // groups))
-  width = grouped.shape[-1]
-  pad = [(0, 0)] * (grouped.ndim - 1) + [(before, after)]
-  padded = jnp.pad(grouped, pad)
-  summed = sum(padded[..., i:i + width] for i in range(size))
-  return summed.reshape(shape)
-
-
-_WINDOW_SUMS = {
-    'shifted_slices': _window_sum_shifted,
-    'matmul': _window_sum_matmul,
-    'reduce_window': _window_sum_reduce_window,
-    'cumsum': _window_sum_cumsum,
-}
-LrnImpl = Literal['shifted_slices', 'matmul', 'reduce_window', 'cumsum']
-
-
-LrnGrad = Literal['autodiff', 'closed_form']
-
-
-def _flip_within_groups(v: Array, groups: int) -> Array:
-  shape = v.shape
-  return v.reshape(shape[:-1] + (groups, shape[-1] // groups))[..., ::-1].reshape(shape)
-
-
-def _lrn_scale(xf: Array, size: int, k: float, alpha: float, beta: float, groups: int,
-               impl: LrnImpl) -> tuple[Array, Array]:
-  """``(s, s ** -beta)`` with ``s = k + alpha * window_sum(x^2)``."""
-  scale = k + alpha * _WINDOW_SUMS[impl](xf * xf, size, groups)
-  if beta == 0.75:
-    # x ** -0.75 = rsqrt(x) * rsqrt(sqrt(x)): two cheap ops instead of exp(log(x) * -0.75).
-    return scale, lax.rsqrt(scale) * lax.rsqrt(jnp.sqrt(scale))
-  return scale, scale ** (-beta)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
-def _lrn_closed_form(xf: Array, size: int, k: float, alpha: float, beta: float, groups: int,
-                     impl: LrnImpl) -> Array:
-  return xf * _lrn_scale(xf, size, k, alpha, beta, groups, impl)[1]
-
-
-def _lrn_closed_form_fwd(xf, size, k, alpha, beta, groups, impl):
-  scale, inv = _lrn_scale(xf, size, k, alpha, beta, groups, impl)
-  return xf * inv, (xf, inv, inv / scale)
-
-
-def _lrn_closed_form_bwd(size, k, alpha, beta, groups, impl, residuals, dy):
-  # y_c = x_c s_c^-b with s_c = k + a sum_{j in W(c)} x_j^2, so
-  # dx_i = dy_i s_i^-b - 2ab x_i sum_{c: i in W(c)} dy_c x_c s_c^(-b-1).
-  # {c: i in W(c)} is the mirrored window (after, before): for odd sizes W itself; for even
-  # sizes the window sum of the channel-reversed (within each group) input, reversed back.
-  xf, inv, inv_over_scale = residuals
-  t = dy * xf * inv_over_scale
-  before, after = lrn_window(size)
-  if before == after:
-    back = _WINDOW_SUMS[impl](t, size, groups)
-  else:
-    back = _flip_within_groups(
-        _WINDOW_SUMS[impl](_flip_within_groups(t, groups), size, groups), groups)
-  return (dy * inv - (2.0 * alpha * beta) * xf * back,)
-
-
-_lrn_closed_form.defvjp(_lrn_closed_form_fwd, _lrn_closed_form_bwd)
-
-
-def local_response_norm(x: Array, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
-                        beta: float = 0.75, groups: int = 1,
-                        impl: LrnImpl = 'reduce_window', grad: LrnGrad = 'autodiff') -> Array:
-  """The paper's LRN over the last (channel) axis, as a function.
-
-  ``b[c] = a[c] / (k + alpha * sum_{j in window(c)} a[j]^2) ** beta``: a *sum* of squares, alpha
-  not divided by ``size``; windows are clipped at the channel edges and never cross a group
-  boundary (the channels are split into ``groups`` equal contiguous groups).
-
-  ``grad`` picks how the gradient is computed: 'autodiff' differentiates the forward ops;
-  'closed_form' (a ``jax.custom_vjp``) uses
-  ``dx = dy s^-beta - 2 alpha beta x W'(dy x s^(-beta-1))`` with ``W'`` the mirrored window
-  sum: one window sum and a few elementwise ops instead of the transposes of every forward op
-  (see experiments/PERF.md). Same numbers up to fp32 rounding.
-
-  ``impl`` picks how the window sum is computed; all give the same numbers. Forward+backward
-  on XLA:CPU, batch 32, fp32, 2 cores (``python experiments/lrn_formulations.py``), ms for
-  norm1 (32,55,55,96) / norm2 (32,27,27,256): 'reduce_window' 104 / 76 (the default, fastest),
-  'matmul' (banded (C, C) matrix, block-diagonal per group) 124 / 97, 'shifted_slices' (sum of
-  ``size`` shifted views) 239 / 142, 'cumsum' (difference of a cumulative sum) 291 / 128.
-  """
-  channels = x.shape[-1]
-  if channels % groups:
-    raise ValueError(f'LRN: {channels} channels do not split into {groups} equal groups.')
-  if size < 1:
-    raise ValueError(f'LRN: size must be at least 1, got {size}.')
-  if grad not in ('autodiff', 'closed_form'):
-    raise ValueError(f"LRN: grad must be 'autodiff' or 'closed_form', got {grad!r}.")
-  # Squares and their sum in at least fp32: bf16 sums of squares lose the small alpha term.
-  compute_dtype = jnp.promote_types(x.dtype, jnp.float32)
-  xf = x.astype(compute_dtype)
-  if grad == 'closed_form':
-    return _lrn_closed_form(xf, size, k, alpha, beta, groups, impl).astype(x.dtype)
-  return (xf * _lrn_scale(xf, size, k, alpha, beta, groups, impl)[1]).astype(x.dtype)
-
-
-class LocalResponseNorm(nn.Module):
-  """Local response normalisation across channels, channels last (paper, section 3.3).
-
-  ``b[c] = a[c] / (k + alpha * sum_{j=max(0, c-n/2)}^{min(N-1, c+n/2)} a[j]^2) ** beta`` with the
-  paper's ``n=5, k=2, alpha=1e-4, beta=0.75``. With ``groups > 1`` the channels are split into
-  equal contiguous groups and no window crosses a group boundary: AlexNet uses ``groups=2`` so
-  that one device computes exactly what the paper's two towers computed.
-
-  Other conventions: PyTorch's ``nn.LocalResponseNorm(size, alpha, beta, k)`` and Caffe divide
-  alpha by ``size``, so the paper's layer is ``torch.nn.LocalResponseNorm(5, alpha=5e-4,
-  beta=0.75, k=2.0)`` and, conversely, a PyTorch/Caffe model with ``alpha=a`` is
-  ``LocalResponseNorm(alpha=a / size)`` here (Caffe's default ``k`` is 1: pass ``k=1.0``).
-  TensorFlow's ``tf.nn.local_response_normalization(depth_radius=2, bias=2, alpha=1e-4,
-  beta=0.75)`` is the paper's formula as written.
-  """
-  size: int = 5
-  k: float = 2.0
-  alpha: float = 1e-4
-  beta: float = 0.75
-  groups: int = 1
-  impl: LrnImpl = 'reduce_window'
-  grad: LrnGrad = 'autodiff'
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    return local_response_norm(x, self.size, self.k, self.alpha, self.beta, self.groups,
-                               self.impl, self.grad)
-
-
-# --------------------------------------------------------------------------------------------
-# Pooling and the grouped (tower) convolution
-# --------------------------------------------------------------------------------------------
-PoolImpl = Literal['reduce_window', 'strided_slices', 'strided_argmax']
-Auto = Literal['auto']
-
-
-def _pool_views(x: Array, window: int, stride: int) -> list[Array]:
-  """The window*window strided views of x, in row-major window order."""
-  n, h, w, c = x.shape
-  out_h = (h - window) // stride + 1
-  out_w = (w - window) // stride + 1
-  return [lax.slice(x, (0, i, j, 0),
-                    (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
-                    (1, stride, stride, 1))
-          for i in range(window) for j in range(window)]
-
-
-def _max_and_argmax(x: Array, window: int, stride: int) -> tuple[Array, Array]:
-  """The max over each window and the window index (row-major) of its first maximum."""
-  result, index = None, None
-  for k, view in enumerate(_pool_views(x, window, stride)):
-    if result is None:
-      result, index = view, jnp.zeros(view.shape, jnp.int8)
-    else:
-      # Strictly greater: ties keep the earlier element, as reduce_window's gradient does.
-      greater = view > result
-      result = jnp.where(greater, view, result)
-      index = jnp.where(greater, jnp.int8(k), index)
-  return result, index
-
-
-def _materialize(x: Array) -> Array:
-  """``x``, computed once into its own buffer: XLA may not fuse its computation into consumers.
-
-  ``lax.optimization_barrier`` would say this, but XLA:CPU removes barriers before fusion. A
-  conditional is a fusion boundary on every backend. Both branches return ``x`` (JAX would
-  forward a bare ``lambda v: v`` past the conditional, hence the ``+ 0``), and the predicate
-  (any value would do) depends on the data so that XLA cannot remove the conditional.
-  """
-  keep = lambda v: v + jnp.zeros((), v.dtype)
-  return lax.cond(x[(0,) * x.ndim] > 0, keep, keep, x)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool_argmax(x: Array, window: int, stride: int) -> Array:
-  return _max_and_argmax(x, window, stride)[0]
-
-
-def _max_pool_argmax_fwd(x, window, stride):
-  result, index = _max_and_argmax(x, window, stride)
-  # Kept as computed: otherwise XLA:CPU fuses the 9 compares into the backward and redoes
-  # them for every window element there, and keeps the pool's input alive until then.
-  index = _materialize(index)
-  # The input's spatial size travels as the shape of an empty array (residuals are arrays).
-  return result, (index, jnp.zeros((0,) + x.shape[1:3], x.dtype))
-
-
-def _max_pool_argmax_bwd(window, stride, residuals, dy):
-  # Each output's gradient goes to its window's first maximum. Window element (a, b) of output
-  # (i, j) is input (s*i + a, s*j + b): in the stride-phase plane (a % s, b % s) of the input
-  # (the inputs whose coordinates are congruent to it mod s) it sits at (i + a // s, j + b // s).
-  # So each plane's gradient is a sum of unit-stride shifted copies of the routed output
-  # gradient (pads without interior padding, which XLA fuses into one pass per plane), and the
-  # planes interleave back into the input: far less memory traffic than the autodiff of
-  # 'strided_slices' (one input-sized, interior-padded scatter per window element).
-  index, empty = residuals
-  height, width = empty.shape[1:]
-  n, out_h, out_w, c = dy.shape
-  s = stride
-  plane_h, plane_w = -(-height // s), -(-width // s)
-  planes = {}
-  for a in range(window):
-    for b in range(window):
-      routed = jnp.where(index == a * window + b, dy, jnp.zeros((), dy.dtype))
-      top, left = a // s, b // s
-      placed = jnp.pad(routed, ((0, 0), (top, plane_h - out_h - top),
-                                (left, plane_w - out_w - left), (0, 0)))
-      key = (a % s, b % s)
-      planes[key] = placed if key not in planes else planes[key] + placed
-  zeros = jnp.zeros((n, plane_h, plane_w, c), dy.dtype)
-  grid = jnp.stack([jnp.stack([planes.get((r, q), zeros) for q in range(s)], axis=3)
-                    for r in range(s)], axis=2)  # (n, plane_h, s, plane_w, s, c)
-  dx = grid.reshape(n, plane_h * s, plane_w * s, c)[:, :height, :width, :]
-  return (dx,)
-
-
-_max_pool_argmax.defvjp(_max_pool_argmax_fwd, _max_pool_argmax_bwd)
-
-
-def max_pool(x: Array, window: int = 3, stride: int = 2,
-             impl: PoolImpl = 'strided_slices') -> Array:
-  """Overlapping max-pooling (window 3, stride 2, no padding) over NHWC maps.
-
-  'strided_slices' takes the elementwise max of the window*window strided views; its gradient is
-  a fused select instead of XLA:CPU's slow select-and-scatter (see experiments/PERF.md). Ties
-  are broken differently from 'reduce_window' (they have measure zero for float activations).
-  'strided_argmax' computes the same max with the index of the first maximum and a hand-written
-  gradient (a ``jax.custom_vjp``) that routes each output's gradient to that element through
-  the input's stride-phase planes; ties go to the first maximum, as with 'reduce_window'.
-  """
-  if impl == 'reduce_window':
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
-  if impl == 'strided_argmax':
-    return _max_pool_argmax(x, window, stride)
-  if impl != 'strided_slices':
-    raise ValueError(f"pool impl must be 'reduce_window', 'strided_slices' or "
-                     f"'strided_argmax', got {impl!r}.")
-  result = None
-  for view in _pool_views(x, window, stride):
-    result = view if result is None else jnp.maximum(result, view)
-  return result
-
-
-def _adaptive_pool_matrix(size_in: int, size_out: int) -> np.ndarray:
-  """(size_out, size_in) averaging weights of ``AdaptiveAvgPool`` along one axis.
-
-  Output ``i`` averages inputs ``floor(i * size_in / size_out)`` up to (excluding)
-  ``ceil((i + 1) * size_in / size_out)``, PyTorch's windows (they overlap when the sizes do not
-  divide, and repeat inputs when ``size_in < size_out``).
-  """
-  weights = np.zeros((size_out, size_in), np.float32)
-  for i in range(size_out):
-    start, stop = (i * size_in) // size_out, -(-((i + 1) * size_in) // size_out)
-    weights[i, start:stop] = 1.0 / (stop - start)
-  return weights
-
-
-def adaptive_avg_pool(x: Array, size: int) -> Array:
-  """Average NHWC maps to ``size x size`` as ``torch.nn.AdaptiveAvgPool2d(size)`` does.
-
-  The identity when the map already has that size (torchvision's AlexNet at 224). Each window
-  is a rectangle, so the average is one averaging matrix per spatial axis, applied in at least
-  float32.
-  """
-  height, width = x.shape[1:3]
-  if (height, width) == (size, size):
-    return x
-  compute = jnp.promote_types(x.dtype, jnp.float32)
-  rows = jnp.asarray(_adaptive_pool_matrix(height, size), compute)
-  cols = jnp.asarray(_adaptive_pool_matrix(width, size), compute)
-  y = jnp.einsum('ih,jw,nhwc->nijc', rows, cols, x.astype(compute),
-                 precision=lax.Precision.HIGHEST)
-  return y.astype(x.dtype)
-
-
-ConvImpl = Literal['split', 'feature_group_count']
-WeightGrad = Literal['xla', 'matmul']
-Conv1Impl = Literal['direct', 'space_to_depth']
-NarrowConvImpl = Literal['xla', 'padded_output']
-# YNNPACK (XLA:CPU's convolution library) runs stride-1 convolutions with at most this many
-# output channels on one thread (conv1's 96; conv2's input gradient, 48 per group); XLA's other
-# CPU path (Eigen) runs them on every core (experiments/PERF.md, attempt 19).
-NARROW_CONV_CHANNELS = 96
-_DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
-
-
-def _padded_and_cropped(x: Array, kernel: Array, padding, extra) -> Array:
-  """A stride-1 convolution with ``extra`` ((top, bottom), (left, right)) more padding, cropped.
-
-  The same numbers as the convolution with ``padding``, computed in a shape XLA:CPU runs
-  faster (see :func:`_conv`).
-  """
-  pads = tuple((lo + a, hi + b) for (lo, hi), (a, b) in zip(padding, extra))
-  y = lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DIMENSION_NUMBERS)
-  (top, bottom), (left, right) = extra
-  return y[:, top:y.shape[1] - bottom, left:y.shape[2] - right]
-
-
-def _conv(x: Array, kernel: Array, strides: tuple[int, int], padding,
-          narrow: NarrowConvImpl = 'xla') -> Array:
-  kh, kw = kernel.shape[:2]
-  if strides != (1, 1) or (kh, kw) == (1, 1):
-    return lax.conv_general_dilated(x, kernel, strides, padding,
-                                    dimension_numbers=_DIMENSION_NUMBERS)
-  if narrow == 'padded_output' and kernel.shape[-1] <= NARROW_CONV_CHANNELS:
-    # Padded until the output is larger than the input, a shape YNNPACK declines: XLA:CPU then
-    # runs it on its Eigen path, on every core where YNNPACK uses one for so few output
-    # channels, at the cost of the border's extra products (PERF.md, 19).
-    # Output size + 2e > input size, the output being input + lo + hi - k + 1.
-    extra = [(e, e) for e in (max(0, (k - 1 - lo - hi) // 2 + 1)
-                              for k, (lo, hi) in zip((kh, kw), padding))]
-    return _padded_and_cropped(x, kernel, padding, extra)
-  if not any(lo or hi for lo, hi in padding):
-    # A VALID convolution as the 'SAME'-padded one, cropped: YNNPACK runs a convolution whose
-    # output is as large as its input about twice as fast (conv1 in blocks, 57x57 -> 55x55:
-    # 86 vs 155-167 ms at batch 32; PERF.md, 13).
-    return _padded_and_cropped(x, kernel, padding, (((kh - 1) // 2, kh - 1 - (kh - 1) // 2),
-                                                    ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)))
-  return lax.conv_general_dilated(x, kernel, strides, padding,
-                                  dimension_numbers=_DIMENSION_NUMBERS)
-
-
-def conv_weight_grad_matmul(x: Array, dy: Array, kernel_shape: Sequence[int],
-                            strides: tuple[int, int], padding) -> Array:
-  """The kernel gradient of an NHWC x HWIO convolution as ``kh * kw`` matrix products.
-
-  ``dK[i, j] = sum over (n, h, w) of xpad[n, s*h + i, s*w + j, :]^T dy[n, h, w, :]``: for each
-  kernel tap, the input view it multiplies (a strided slice of the padded input, flattened to
-  (N*OH*OW, Cin)) transposed times the output gradient (N*OH*OW, Cout). Products accumulate
-  in at least float32; the result is float32 (callers cast).
-
-  The taps run one after another in a ``lax.scan``: unrolled, XLA keeps every tap's input view
-  alive at once (about 1.7 GB at batch 128 for AlexNet), in a loop only one.
-  """
-  kh, kw, cin, cout = kernel_shape
-  (pad_t, pad_b), (pad_l, pad_r) = padding
-  xp = jnp.pad(x, ((0, 0), (pad_t, pad_b), (pad_l, pad_r), (0, 0)))
-  n, out_h, out_w, _ = dy.shape
-  sh, sw = strides
-  span_h, span_w = sh * (out_h - 1) + 1, sw * (out_w - 1) + 1
-  dy_flat = dy.reshape(-1, cout)
-  acc = jnp.promote_types(dy.dtype, jnp.float32)
-
-  def tap(carry, offset):
-    window = lax.dynamic_slice(xp, (0, offset[0], offset[1], 0), (n, span_h, span_w, cin))
-    view = window[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else window
-    # An explicit (Cin, M) transpose, then a plain (Cin, M) x (M, Cout) product: measured
-    # faster on XLA:CPU than contracting the leading axes of both operands.
-    return carry, jnp.dot(view.reshape(-1, cin).T, dy_flat, preferred_element_type=acc)
-
-  offsets = jnp.asarray([(i, j) for i in range(kh) for j in range(kw)], jnp.int32)
-  _, taps = lax.scan(tap, None, offsets)
-  return taps.reshape(kh, kw, cin, cout)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_matmul_weight_grad(x: Array, kernel: Array, strides, padding, narrow) -> Array:
-  return _conv(x, kernel, strides, padding, narrow)
-
-
-def _conv_matmul_weight_grad_fwd(x, kernel, strides, padding, narrow):
-  return _conv(x, kernel, strides, padding, narrow), (x, kernel)
-
-
-def _conv_matmul_weight_grad_bwd(strides, padding, narrow, residuals, dy):
-  x, kernel = residuals
-  # The input gradient is a transposed convolution (fast on XLA:CPU); unused for conv1, whose
-  # input gradient XLA then removes.
-  if narrow == 'padded_output' and strides == (1, 1):
-    # Written out, so that a narrow one (conv2's, 48 channels per group) takes the same path
-    # as a narrow forward: the output-gradient convolved with the flipped, transposed kernel.
-    kh, kw = kernel.shape[:2]
-    (pad_t, pad_b), (pad_l, pad_r) = padding
-    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    dx = _conv(dy, flipped, (1, 1), ((kh - 1 - pad_t, kh - 1 - pad_b),
-                                     (kw - 1 - pad_l, kw - 1 - pad_r)), narrow)
-  else:
-    _, input_vjp = jax.vjp(lambda v: _conv(v, kernel, strides, padding, narrow), x)
-    dx = input_vjp(dy)[0]
-  dkernel = conv_weight_grad_matmul(x, dy, kernel.shape, strides, padding)
-  return dx, dkernel.astype(kernel.dtype)
-
-
-_conv_matmul_weight_grad.defvjp(_conv_matmul_weight_grad_fwd, _conv_matmul_weight_grad_bwd)
-
-
-def _explicit_padding(x: Array, kernel: Array, strides: tuple[int, int], padding):
-  if isinstance(padding, str):
-    return tuple(lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding))
-  return tuple((int(lo), int(hi)) for lo, hi in padding)
-
-
-def conv2d(x: Array, kernel: Array, strides: Sequence[int], padding,
-           weight_grad: WeightGrad = 'xla', narrow: NarrowConvImpl = 'xla') -> Array:
-  """An ungrouped NHWC x HWIO convolution.
-
-  ``weight_grad`` says how its kernel gradient is computed: 'xla' differentiates the
-  convolution (XLA:CPU computes the kernel gradient as a convolution over the batch, a slow
-  path there); 'matmul' computes it with :func:`conv_weight_grad_matmul` (a ``jax.custom_vjp``;
-  the forward pass and the input gradient are unchanged). Same numbers up to fp32 rounding.
-  ``narrow='padded_output'`` computes stride-1 convolutions with at most
-  :data:`NARROW_CONV_CHANNELS` output channels (and, with 'matmul', such input gradients) with
-  extra padding, cropped (see :func:`_conv`): XLA:CPU then uses every core for them.
-  """
-  strides = tuple(int(v) for v in strides)
-  padding = _explicit_padding(x, kernel, strides, padding)
-  if narrow not in ('xla', 'padded_output'):
-    raise ValueError(f"narrow conv impl must be 'xla' or 'padded_output', got {narrow!r}.")
-  if weight_grad == 'xla':
-    return _conv(x, kernel, strides, padding, narrow)
-  if weight_grad == 'matmul':
-    return _conv_matmul_weight_grad(x, kernel, strides, padding, narrow)
-  raise ValueError(f"weight_grad must be 'xla' or 'matmul', got {weight_grad!r}.")
-
-
-def space_to_depth_blocks(x: Array, kernel: Array, stride: int) -> tuple[Array, Array]:
-  """The image and kernel of a VALID strided convolution cut into ``stride x stride`` blocks.
-
-  Returns ``(blocks, block_kernel)``: the image's blocks stacked on the channel axis (227x227x3
-  -> 57x57x48 for conv1) and the kernel likewise, zero-padded to whole blocks (11x11x3 ->
-  3x3x48), so that a VALID stride-1 convolution of the two is the strided convolution (the
-  padded taps multiply zeros). See :func:`space_to_depth_conv`.
-  """
-  n, h, w, c = x.shape
-  kh, kw, _, cout = kernel.shape
-  s = stride
-  out_h, out_w = (h - kh) // s + 1, (w - kw) // s + 1
-  bh, bw = -(-kh // s), -(-kw // s)  # kernel size in blocks
-  # Rows needed: output row o reads blocks o .. o + bh - 1. Rows past the image meet only the
-  # zero-padded kernel taps; rows past the last block used are never read.
-  rows, cols = (out_h + bh - 1) * s, (out_w + bw - 1) * s
-  x = x[:, :rows, :cols, :]
-  x = jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]), (0, 0)))
-  x = x.reshape(n, rows // s, s, cols // s, s, c).transpose(0, 1, 3, 2, 4, 5)
-  x = x.reshape(n, rows // s, cols // s, s * s * c)
-  k = jnp.pad(kernel, ((0, bh * s - kh), (0, bw * s - kw), (0, 0), (0, 0)))
-  k = k.reshape(bh, s, bw, s, c, cout).transpose(0, 2, 1, 3, 4, 5).reshape(bh, bw, s * s * c,
-                                                                           cout)
-  return x, k
-
-
-def space_to_depth_conv(x: Array, kernel: Array, stride: int,
-                        weight_grad: WeightGrad = 'xla', narrow: NarrowConvImpl = 'xla') -> Array:
-  """A VALID ``stride`` x ``stride`` strided convolution as a stride-1 convolution on blocks.
-
-  The blocks of :func:`space_to_depth_blocks`: the same products and sums, laid out as a dense
-  stride-1 convolution with ``stride**2`` times the input channels, which XLA:CPU runs far
-  faster than a stride-4 convolution over 3 channels. The kernel keeps its layout.
-  """
-  blocks, block_kernel = space_to_depth_blocks(x, kernel, stride)
-  return conv2d(blocks, block_kernel, (1, 1), ((0, 0), (0, 0)), weight_grad, narrow)
-
-
-def grouped_conv(x: Array, kernel: Array, strides: Sequence[int], padding, groups: int,
-                 impl: ConvImpl = 'split', weight_grad: WeightGrad = 'xla',
-                 narrow: NarrowConvImpl = 'xla') -> Array:
-  """NHWC x HWIO convolution with ``groups`` groups, kernel (kh, kw, in/groups, out).
-
-  'split' runs one plain convolution per group on the channel slices and concatenates the outputs:
-  the same numbers as ``feature_group_count=groups`` and several times faster forward+backward on
-  XLA:CPU. The kernel keeps the single ``feature_group_count`` layout either way.
-  ``weight_grad`` and ``narrow`` (see :func:`conv2d`) apply to 'split' and ungrouped
-  convolutions.
-  """
-  strides = tuple(strides)
-  if impl == 'feature_group_count' and groups > 1:
-    return lax.conv_general_dilated(x, kernel, strides, padding,
-                                    dimension_numbers=_DIMENSION_NUMBERS,
-                                    feature_group_count=groups)
-  if groups == 1:
-    return conv2d(x, kernel, strides, padding, weight_grad, narrow)
-  in_per_group = x.shape[-1] // groups
-  out_per_group = kernel.shape[-1] // groups
-  outs = [
-      conv2d(x[..., g * in_per_group:(g + 1) * in_per_group],
-             kernel[..., g * out_per_group:(g + 1) * out_per_group],
-             strides, padding, weight_grad, narrow)
-      for g in range(groups)
-  ]
-  return jnp.concatenate(outs, axis=-1)
-
-
-class TowerConv(nn.Module):
-  """A convolution whose kernel is stored in ``feature_group_count`` layout, computed fast.
-
-  Parameters ``kernel`` (kh, kw, in_channels // groups, features) and ``bias`` (features,).
-  """
-  features: int
-  kernel_size: tuple[int, int]
-  strides: tuple[int, int] = (1, 1)
-  padding: int = 0
-  groups: int = 1
-  kernel_init: Any = nn.initializers.normal(0.01)
-  bias_init: Any = nn.initializers.zeros
-  conv_impl: ConvImpl = 'split'
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-  weight_grad: WeightGrad = 'xla'
-  space_to_depth: bool = False  # VALID, square-strided, ungrouped only (conv1)
-  narrow: NarrowConvImpl = 'xla'
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    in_channels = x.shape[-1]
-    if in_channels % self.groups or self.features % self.groups:
-      raise ValueError(f'{self.name}: {in_channels} input and {self.features} output channels '
-                       f'do not split into {self.groups} groups.')
-    kernel = self.param('kernel', self.kernel_init,
-                        self.kernel_size + (in_channels // self.groups, self.features),
-                        self.param_dtype)
-    bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-    dtype = self.dtype or jnp.result_type(x, kernel)
-    pad = ((self.padding, self.padding),) * 2
-    if self.space_to_depth and self.strides[0] > 1:
-      if self.groups != 1 or self.strides[0] != self.strides[1]:
-        raise ValueError(f'{self.name}: space_to_depth needs an ungrouped convolution with '
-                         'equal strides.')
-      # Padded first, the convolution is VALID (torchvision's conv1 pads by 2).
-      x = jnp.pad(x, ((0, 0),) + pad + ((0, 0),)) if self.padding else x
-      y = space_to_depth_conv(x.astype(dtype), kernel.astype(dtype), self.strides[0],
-                              self.weight_grad, self.narrow)
-    else:
-      y = grouped_conv(x.astype(dtype), kernel.astype(dtype), self.strides, pad, self.groups,
-                       self.conv_impl, self.weight_grad, self.narrow)
-    return y + bias.astype(dtype)
-
-
-class Dense(nn.Module):
-  """``x @ kernel + bias`` with kernel (in, features): ``flax.linen.Dense`` without extras."""
-  features: int
-  kernel_init: Any = nn.initializers.normal(0.01)
-  bias_init: Any = nn.initializers.zeros
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features),
-                        self.param_dtype)
-    bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-    dtype = self.dtype or jnp.result_type(x, kernel)
-    return jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# AlexNet
+# The layer table
 # --------------------------------------------------------------------------------------------
 # (name, features, kernel, stride, padding, groups) of the five conv layers, as in the paper
 # (and in BVLC's bvlc_alexnet and CaffeNet). AlexNet.conv_layers takes a table of this form.
@@ -829,6 +240,9 @@ def preprocess(name: str, images: Array) -> Array:
       IMAGENET_STD_RGB, jnp.float32)
 
 
+# --------------------------------------------------------------------------------------------
+# AlexNet
+# --------------------------------------------------------------------------------------------
 def _axis_size(axis_name: str | None) -> int:
   return 1 if axis_name is None else lax.axis_size(axis_name)
 
@@ -986,15 +400,15 @@ class AlexNet(nn.Module):
       kernel_init, bias_init = self._init_fns(name)
       if self.dropout_before_fc:
         x = dropout(x)
-      x = Dense(features // fc_shards, kernel_init, bias_init, self.dtype, self.param_dtype,
-                name=name)(x)
+      x = nn.Dense(features // fc_shards, kernel_init=kernel_init, bias_init=bias_init,
+                   dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
       x = nn.relu(x)
       if not self.dropout_before_fc:
         x = dropout(x)
       x = _gather_features(x, fc_axis)
     kernel_init, bias_init = self._init_fns('fc8')
-    x = Dense(self.num_classes // fc_shards, kernel_init, bias_init, self.dtype,
-              self.param_dtype, name='fc8')(x)
+    x = nn.Dense(self.num_classes // fc_shards, kernel_init=kernel_init, bias_init=bias_init,
+                 dtype=self.dtype, param_dtype=self.param_dtype, name='fc8')(x)
     return _gather_features(x, fc_axis)
 
   @nn.compact
