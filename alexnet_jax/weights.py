@@ -150,8 +150,11 @@ def plan_differences(ops: list[Op], model: model_lib.AlexNet) -> list[str]:
 
 
 def _num_classes(source: Source) -> int:
-  fc8 = source.tensors['fc8']
-  return int(fc8['weight'].shape[0] if source.layout == 'oihw' else fc8['kernel'].shape[1])
+  oihw = source.layout == 'oihw'
+  weight = source.tensors.get('fc8', {}).get('weight' if oihw else 'kernel')
+  if weight is None or np.ndim(weight) != 2:
+    raise WeightsError(f'{source.path}: no weights for fc8 (its kernel is missing or not 2-D).')
+  return int(weight.shape[0] if oihw else weight.shape[1])
 
 
 def choose_model(source: Source, preset: str | None = None, **overrides) -> model_lib.AlexNet:
