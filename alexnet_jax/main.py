@@ -79,6 +79,8 @@ def _config_path(argv) -> str:
 
 def _unknown_field_message(error: BaseException, argv) -> str:
   """'--config.optim.lerning_rate: no such field ...' from ml_collections' KeyError text."""
+  # Parsed: ml_collections names the missing field and its suggestion only in the message
+  # (the exception carries no attribute for them), and the flag parser gives no other signal.
   text = str(error)
   names = re.findall(r'[A-Za-z_][A-Za-z0-9_]*', text)
   field = names[0] if names else '?'

@@ -234,3 +234,33 @@ def test_launcher_detection_needs_several_processes(monkeypatch, env, expected):
   for name, value in env.items():
     monkeypatch.setenv(name, value)
   assert main_lib._launched_as_multiprocess_job() is expected  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('error, code, text', [
+    (ValueError('the batch is wrong; do this.'), 2, 'error: the batch is wrong; do this.\n'),
+    (TypeError("unsupported operand type(s) for +: 'int' and 'str'"), 1,
+     "error: TypeError: unsupported operand type(s) for +: 'int' and 'str' (at "),
+    (KeyError('epoch'), 1, "error: KeyError: 'epoch' (at "),
+])
+@pytest.mark.parametrize('traceback_env', [False, True])
+def test_user_errors_exit_2_programming_errors_exit_1_with_or_without_the_traceback(
+    monkeypatch, capsys, error, code, text, traceback_env):
+  """A TypeError or KeyError raised by our code is a programming error (exit 1, with where it
+  happened), not a one-line user error; ALEXNET_JAX_TRACEBACK=1 adds the traceback and keeps
+  the exit status."""
+  from alexnet_jax import main as main_lib
+
+  def fail(*args, **kwargs):
+    raise error
+
+  monkeypatch.setattr(main_lib.app, 'run', fail)
+  if traceback_env:
+    monkeypatch.setenv('ALEXNET_JAX_TRACEBACK', '1')
+  else:
+    monkeypatch.delenv('ALEXNET_JAX_TRACEBACK', raising=False)
+  with pytest.raises(SystemExit) as raised:
+    main_lib.run()
+  assert raised.value.code == code
+  err = capsys.readouterr().err
+  assert text in err
+  assert (TRACEBACK in err) == traceback_env

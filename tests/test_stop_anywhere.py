@@ -10,7 +10,7 @@ evaluations every 2 epochs), checkpoints of earlier versions saved on an epoch's
 and a resume refused for each architecture field changed.
 """
 import os
-import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -60,7 +60,6 @@ def config(in_process_runs):
 def reference(in_process_runs, config):
   """The uninterrupted run (4 steps; the rate divided by 10 after epoch 1)."""
   workdir = in_process_runs.new_dir('reference')
-  result = pytest.MonkeyPatch.context
   with pytest.MonkeyPatch.context() as m:
     result = in_process_runs.run(config, workdir, m)
   assert result['stopped_by'] is None and result['step'] == 2 * STEPS_PER_EPOCH
@@ -70,29 +69,43 @@ def reference(in_process_runs, config):
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize('k', [1, 2, 3, 4])
-def test_sigterm_after_step_k_then_resume_ends_as_the_uninterrupted_run(
-    in_process_runs, config, reference, monkeypatch, capsys, k):
-  """k=2 is the last step of epoch 1 (defect 1), k=4 the last of the run (defect 2)."""
-  workdir = in_process_runs.new_dir(f'stop_after_{k}')
-  first = in_process_runs.run(config, workdir, monkeypatch, stop_after_train_steps=k)
-  assert first['step'] == k
-  if k < 2 * STEPS_PER_EPOCH:
-    assert first['stopped_by'] == 'SIGTERM'
-    assert 'Stopped by SIGTERM: saved a checkpoint at step' in capsys.readouterr().out
-    second = in_process_runs.run(config, workdir, monkeypatch)
-    assert second['stopped_by'] is None
-  else:  # the stop came after the last step: the run ends complete, with its evaluation
-    assert first['stopped_by'] is None
-    assert first['val_top1_error'] is not None
+def test_sigterm_after_every_step_then_resume_ends_as_the_uninterrupted_run(
+    in_process_runs, config, reference, monkeypatch, capsys):
+  """A chain of runs of the same config, each stopped by SIGTERM right after its first step:
+  the stops fall after step 1, 2 (the last of epoch 1: defect 1), 3 and 4 (the last of the
+  run: defect 2), and each run resumes from the checkpoint the previous stop saved."""
+  workdir = in_process_runs.new_dir('stop_after_every_step')
+  for k in range(1, 2 * STEPS_PER_EPOCH + 1):
+    result = in_process_runs.run(config, workdir, monkeypatch, stop_after_train_steps=1)
+    assert result['step'] == k
+    out = capsys.readouterr().out
+    if k > 1:
+      assert f'Resuming from checkpoint at step {k - 1}' in out
+    if k < 2 * STEPS_PER_EPOCH:
+      assert result['stopped_by'] == 'SIGTERM'
+      assert f'Stopped by SIGTERM: saved a checkpoint at step {k} in' in out
+    else:  # the stop came after the last step: the run ends complete, evaluated
+      assert result['stopped_by'] is None and 'Done: 4 steps.' in out
+    evals = [r['step'] for r in report.read_metrics(workdir) if r['event'] == 'eval']
+    assert evals == [s for s in (2, 4) if s <= k]  # an epoch's end is never left undone
   _assert_same_end(workdir, reference)
 
 
-@pytest.mark.timeout(900)
-def test_sigterm_during_an_evaluation_then_resume(in_process_runs, config, reference, monkeypatch):
+@pytest.fixture(scope='module')
+def stopped_in_eval(in_process_runs, config):
+  """A run stopped by SIGTERM during its first evaluation (the end of epoch 1)."""
   workdir = in_process_runs.new_dir('stop_in_eval')
-  first = in_process_runs.run(config, workdir, monkeypatch, stop_in_eval=True)
+  with pytest.MonkeyPatch.context() as m:
+    first = in_process_runs.run(config, workdir, m, stop_in_eval=True)
   assert first['stopped_by'] == 'SIGTERM' and first['step'] == STEPS_PER_EPOCH
+  return workdir
+
+
+@pytest.mark.timeout(900)
+def test_sigterm_during_an_evaluation_then_resume(
+    in_process_runs, config, reference, stopped_in_eval, monkeypatch, tmp_path):
+  workdir = str(tmp_path / 'run')
+  tiny.copy_workdir(stopped_in_eval, workdir)
   in_process_runs.run(config, workdir, monkeypatch)
   _assert_same_end(workdir, reference)
 
@@ -105,7 +118,7 @@ def test_sigterm_during_a_save_then_resume(in_process_runs, config, reference, m
 
   def save_then_signal(self, *args, **kwargs):
     real_save(self, *args, **kwargs)
-    os.kill(os.getpid(), __import__('signal').SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)
 
   with monkeypatch.context() as m:
     m.setattr(checkpoint_lib.Checkpoints, 'save', save_then_signal)
@@ -117,14 +130,17 @@ def test_sigterm_during_a_save_then_resume(in_process_runs, config, reference, m
 
 def _as_earlier_versions_saved_it(workdir, step, epoch, last_eval):
   """Rewrites the meta of checkpoint ``step`` (the end of an epoch) as the code before issue 17
-  saved a stop on that epoch's last step: still in the epoch, policy not updated, no
-  architecture record."""
+  saved a stop on that epoch's last step: still in the epoch, its losses not yet taken by an
+  evaluation, policy not updated, no architecture record."""
+  evaluated = [r for r in report.read_metrics(workdir)
+               if r['event'] == 'eval' and r['step'] == step][0]
   path = os.path.join(workdir, 'checkpoints', str(step), 'meta', 'metadata')
   import json  # pylint: disable=g-import-not-at-top
   with open(path, encoding='utf-8') as f:
     meta = json.load(f)
   meta.pop('architecture')
-  meta.update(epoch=epoch, step_in_epoch=STEPS_PER_EPOCH, last_eval=last_eval)
+  meta.update(epoch=epoch, step_in_epoch=STEPS_PER_EPOCH, last_eval=last_eval,
+              loss_since_eval=[evaluated['train_loss'] * STEPS_PER_EPOCH, STEPS_PER_EPOCH])
   if epoch == 0:
     meta['lr_policy'] = {k: float(v) for k, v in optim.make_lr_policy(
         tiny.small_config('').optim).init(0.01).items()}
@@ -135,21 +151,20 @@ def _as_earlier_versions_saved_it(workdir, step, epoch, last_eval):
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize('k', [2, 4])
 def test_a_checkpoint_saved_by_earlier_versions_on_an_epochs_last_step_resumes(
-    in_process_runs, config, reference, monkeypatch, k):
+    in_process_runs, config, reference, stopped_in_eval, monkeypatch, tmp_path, k):
   """Defects 1 and 2 in workdirs written before the fix: the resume does the epoch's end
   (evaluation, policy, a save over the same step) and ends as the uninterrupted run."""
-  workdir = in_process_runs.new_dir(f'earlier_version_{k}')
-  in_process_runs.run(config, workdir, monkeypatch, stop_after_train_steps=k - 1)
-  in_process_runs.run(config, workdir, monkeypatch,
-                      stop_after_train_steps=1)  # stops after step k, its epoch ended
+  workdir = str(tmp_path / 'run')
+  tiny.copy_workdir(stopped_in_eval if k == 2 else reference, workdir)
   assert _final(workdir)[0] == k
   evals = [r for r in report.read_metrics(workdir) if r['event'] == 'eval']
-  earlier = evals[-2] if k == 4 else {}
-  _as_earlier_versions_saved_it(workdir, k, k // STEPS_PER_EPOCH - 1,
-                                {kk: v for kk, v in earlier.items() if kk != 'event'})
-  for _ in range(2):  # the second resume finds a complete run and changes nothing
-    result = in_process_runs.run(config, workdir, monkeypatch)
-    assert result['stopped_by'] is None
+  earlier = {key: v for key, v in evals[0].items() if key != 'event'} if k == 4 else {}
+  _as_earlier_versions_saved_it(workdir, k, k // STEPS_PER_EPOCH - 1, earlier)
+  result = in_process_runs.run(config, workdir, monkeypatch)
+  assert result['stopped_by'] is None
+  _assert_same_end(workdir, reference)
+  if k == 4:  # a second resume finds a complete run and changes nothing
+    in_process_runs.run(config, workdir, monkeypatch)
     _assert_same_end(workdir, reference)
 
 
@@ -177,13 +192,11 @@ def test_the_plateau_policy_with_evaluations_every_two_epochs_resumes_by_value(
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize('field', trainer.architecture_fields() + ['crop_size'])
 def test_each_architecture_field_changed_on_resume_is_refused(
-    in_process_runs, config, reference, monkeypatch, field):
+    in_process_runs, reference, tmp_path, field):
   """One test per field of the network (derived from AlexNet's fields, so new ones count)."""
   if field == 'num_classes':
     pytest.skip('the class count comes from the folder: test_main refuses a 3-class folder')
-  workdir = in_process_runs.new_dir(f'changed_{field}')
-  shutil.rmtree(workdir)
-  shutil.copytree(reference, workdir)
+  workdir = tiny.copy_workdir(reference, str(tmp_path / 'run'))
   os.remove(os.path.join(workdir, checkpoint_lib.CONFIG_FILE))  # identity is not this file
   changed = tiny.small_config(in_process_runs.folder)
   section = changed.data if field == 'crop_size' else changed.model
