@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 from importlib import resources
 
 IMAGENET_NUM_CLASSES = 1000
@@ -63,8 +64,10 @@ def for_data_config(data: dict) -> tuple[str, ...] | None:
   if source == 'folder':
     from alexnet_jax.datasets import folder  # pylint: disable=g-import-not-at-top
     try:
-      return folder.scan_folder(os.path.expanduser(data.get('folder', '')),
-                                float(data.get('val_fraction', 0.1))).class_names
+      with warnings.catch_warnings():  # the run already reported the folder's bad files
+        warnings.simplefilter('ignore', folder.SkippedFilesWarning)
+        return folder.scan_folder(os.path.expanduser(data.get('folder', '')),
+                                  float(data.get('val_fraction', 0.1))).class_names
     except (OSError, ValueError):
       return None
   if source == 'tfds':
