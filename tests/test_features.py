@@ -105,11 +105,11 @@ def test_plain_flax_and_errors():
   images = jnp.asarray(_images(64))
   # One compiled program for the three calls (eager AlexNet runs op by op, slowly).
   (logits, state), taps, plain = jax.jit(lambda x: (
-      model.apply(variables, x, mutable=['intermediates']),
+      model.apply(variables, x, mutable=['features']),
       features.extract(model, variables, x), model.apply(variables, x)))(images)
-  np.testing.assert_array_equal(state['intermediates']['fc7_out'][0], taps['fc7'])
+  np.testing.assert_array_equal(state['features']['fc7_out'][0], taps['fc7'])
   np.testing.assert_array_equal(logits, plain)
-  assert 'intermediates' not in model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  assert 'features' not in model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   with pytest.raises(ValueError, match="No feature named 'fc8'"):
     features.extract(model, variables, images, names=('fc8',))
 
