@@ -20,10 +20,11 @@ fc6    fc6 after its ReLU (dropout is off outside training)  (4096,)
 fc7    fc7 after its ReLU                                    (4096,)
 =====  ====================================================  =====================
 
-The network sows each of them into the ``'features'`` collection as ``<name>_out`` (not
-``'intermediates'``, where Flax's ``capture_intermediates`` puts module outputs), so plain Flax
-works too: ``logits, state = model.apply(variables, images, mutable=['features'])``;
-``state['features']['fc7_out'][0]`` is fc7. Nothing is
+The network sows each of them into Flax's ``'intermediates'`` collection as ``<name>_out`` (a
+layer's own name is its parameters' scope), so plain Flax works too: ``logits, state =
+model.apply(variables, images, mutable=['intermediates'])``;
+``state['intermediates']['fc7_out'][0]`` is fc7 (with ``capture_intermediates=True`` the
+modules' outputs sit beside them). ``model.init`` never stores them and nothing is
 stored unless that collection is mutable, so ordinary calls pay nothing. :func:`extract` is a
 pure function of its arguments: wrap it in ``jax.jit`` or ``jax.vmap`` as any other.
 """
@@ -35,7 +36,7 @@ from collections.abc import Sequence
 import jax
 
 FEATURE_NAMES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'pool5', 'fc6', 'fc7')
-COLLECTION = 'features'
+COLLECTION = 'intermediates'
 SUFFIX = '_out'  # a sown value may not take its layer's name: that is the layer's own scope
 
 

@@ -384,7 +384,7 @@ class AlexNet(nn.Module):
                     space_to_depth=name == 'conv1' and impls['conv1_impl'] == 'space_to_depth',
                     narrow=impls['narrow_conv_impl'], name=name)(x)
       x = nn.relu(x)
-      self.sow('features', f'{name}_out', x)  # features.extract's taps
+      self.sow('intermediates', f'{name}_out', x)  # features.extract's taps
       if name in ('conv1', 'conv2'):
         x = self._norm_pool(x, max(self.lrn_groups // conv_shards, 1), impls['pool_impl'])
     x = max_pool(x, impl=impls['pool_impl'])
@@ -404,7 +404,7 @@ class AlexNet(nn.Module):
       x = nn.Dense(features // fc_shards, kernel_init=kernel_init, bias_init=bias_init,
                    dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
       x = nn.relu(x)
-      self.sow('features', f'{name}_out', x)  # features.extract's taps
+      self.sow('intermediates', f'{name}_out', x)  # features.extract's taps
       if not self.dropout_before_fc:
         x = dropout(x)
       x = _gather_features(x, fc_axis)
@@ -424,7 +424,7 @@ class AlexNet(nn.Module):
     self._check_shards(_axis_size(conv_axis), _axis_size(fc_axis))
     x = self._features(images.astype(self.dtype or self.param_dtype), conv_axis, self.impls())
     x = _gather_features(x, conv_axis)  # fc6 sees both towers' (6, 6, 128) maps, HWC order.
-    self.sow('features', 'pool5_out', x)
+    self.sow('intermediates', 'pool5_out', x)
     if self.model_axis is not None and fc_axis is not None and conv_axis is None:
       # "One weird trick": convs ran data-parallel over the model axis too; the fc layers see
       # the whole model group's batch.

@@ -136,7 +136,9 @@ def _make_apply(module, traces=None):
     with nn.intercept_methods(interceptor):
       logits, state = module.apply(variables, images, train=train, rngs={'dropout': rng},
                                    capture_intermediates=True)
-    acts = {k: v['__call__'][0] for k, v in state['intermediates'].items() if k != '__call__'}
+    # Modules' outputs (dicts); the network's own sown taps (features.extract) are tuples.
+    acts = {k: v['__call__'][0] for k, v in state['intermediates'].items()
+            if k != '__call__' and isinstance(v, dict)}
     return logits, acts, seen['fc6_input']
 
   return apply
