@@ -18,6 +18,25 @@ The network (input NHWC float images of 227x227x3, output logits)::
     fc8    4096 -> num_classes (logits; no softmax)
     60,965,224 parameters for 1000 classes.
 
+Presets
+-------
+``preset(name, **overrides)`` builds the published AlexNets from ``AlexNet``'s fields
+(:data:`PRESETS`); ``preprocess(name, images)`` is each one's pixel preprocessing and
+:data:`PRESET_INPUTS` its input size, resize, published accuracy and weight source:
+
+============  ==================================================  =====  ==============================
+preset        differences from the paper                          input  preprocessing (RGB 0..255 in)
+============  ==================================================  =====  ==============================
+paper         (the network above; the default)                    227    minus ImageNet's mean pixel
+bvlc          Caffe's LRN (k 1, alpha 1e-4/5, windows across all  227    minus Caffe's mean pixel
+              channels), Caffe init
+caffenet      as bvlc, pool before norm                           227    minus Caffe's mean pixel
+torchvision   64-192-384-256-256, conv1 pad 2, no LRN, no groups, 224    /255, ImageNet mean/std
+              adaptive average pool to 6x6, dropout before fc6/fc7
+============  ==================================================  =====  ==============================
+
+Caffe pools with ceil rounding; at 227 every pool divides exactly, so ours (floor) is the same.
+
 Parameter layout (a public contract: weight converters and ``alexnet_jax.layout`` rely on it)
 -------------------------------------------------------------------------------------------
 ``params = {'conv1': {'kernel', 'bias'}, ..., 'conv5': ..., 'fc6': ..., 'fc7': ..., 'fc8': ...}``
@@ -29,6 +48,7 @@ Parameter layout (a public contract: weight converters and ``alexnet_jax.layout`
 * Dense kernels are ``(in, out)``. fc6's input is the flatten of the (6, 6, 256) map in HWC
   order (row-major over height, width, channel).
 * Biases are ``(out,)``.
+* The same names, layouts and fc6 flatten for every preset (only the widths differ).
 
 Splitting every kernel's output axis in two gives each tower's weights: this is how the paper's
 two GPUs held the network and how ``alexnet_jax.layout`` places it on a ``model`` mesh axis.
@@ -49,6 +69,7 @@ prediction helpers such as :func:`predict_probabilities`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -363,6 +384,38 @@ def max_pool(x: Array, window: int = 3, stride: int = 2,
   return result
 
 
+def _adaptive_pool_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """(size_out, size_in) averaging weights of ``AdaptiveAvgPool`` along one axis.
+
+  Output ``i`` averages inputs ``floor(i * size_in / size_out)`` up to (excluding)
+  ``ceil((i + 1) * size_in / size_out)``, PyTorch's windows (they overlap when the sizes do not
+  divide, and repeat inputs when ``size_in < size_out``).
+  """
+  weights = np.zeros((size_out, size_in), np.float32)
+  for i in range(size_out):
+    start, stop = (i * size_in) // size_out, -(-((i + 1) * size_in) // size_out)
+    weights[i, start:stop] = 1.0 / (stop - start)
+  return weights
+
+
+def adaptive_avg_pool(x: Array, size: int) -> Array:
+  """Average NHWC maps to ``size x size`` as ``torch.nn.AdaptiveAvgPool2d(size)`` does.
+
+  The identity when the map already has that size (torchvision's AlexNet at 224). Each window
+  is a rectangle, so the average is one averaging matrix per spatial axis, applied in at least
+  float32.
+  """
+  height, width = x.shape[1:3]
+  if (height, width) == (size, size):
+    return x
+  compute = jnp.promote_types(x.dtype, jnp.float32)
+  rows = jnp.asarray(_adaptive_pool_matrix(height, size), compute)
+  cols = jnp.asarray(_adaptive_pool_matrix(width, size), compute)
+  y = jnp.einsum('ih,jw,nhwc->nijc', rows, cols, x.astype(compute),
+                 precision=lax.Precision.HIGHEST)
+  return y.astype(x.dtype)
+
+
 ConvImpl = Literal['split', 'feature_group_count']
 WeightGrad = Literal['xla', 'matmul']
 Conv1Impl = Literal['direct', 'space_to_depth']
@@ -602,9 +655,11 @@ class TowerConv(nn.Module):
     dtype = self.dtype or jnp.result_type(x, kernel)
     pad = ((self.padding, self.padding),) * 2
     if self.space_to_depth and self.strides[0] > 1:
-      if self.groups != 1 or self.padding or self.strides[0] != self.strides[1]:
-        raise ValueError(f'{self.name}: space_to_depth needs an ungrouped, unpadded convolution '
-                         'with equal strides.')
+      if self.groups != 1 or self.strides[0] != self.strides[1]:
+        raise ValueError(f'{self.name}: space_to_depth needs an ungrouped convolution with '
+                         'equal strides.')
+      # Padded first, the convolution is VALID (torchvision's conv1 pads by 2).
+      x = jnp.pad(x, ((0, 0),) + pad + ((0, 0),)) if self.padding else x
       y = space_to_depth_conv(x.astype(dtype), kernel.astype(dtype), self.strides[0],
                               self.weight_grad, self.narrow)
     else:
@@ -633,13 +688,23 @@ class Dense(nn.Module):
 # --------------------------------------------------------------------------------------------
 # AlexNet
 # --------------------------------------------------------------------------------------------
-# (name, features, kernel, stride, padding, groups) of the five conv layers, as in the paper.
+# (name, features, kernel, stride, padding, groups) of the five conv layers, as in the paper
+# (and in BVLC's bvlc_alexnet and CaffeNet). AlexNet.conv_layers takes a table of this form.
 CONV_LAYERS = (
     ('conv1', 96, 11, 4, 0, 1),
     ('conv2', 256, 5, 1, 2, 2),
     ('conv3', 384, 3, 1, 1, 1),
     ('conv4', 384, 3, 1, 1, 2),
     ('conv5', 256, 3, 1, 1, 2),
+)
+# torchvision's single-tower variant (Krizhevsky 2014, "one weird trick"): other widths, conv1
+# padded by 2, no groups.
+TORCHVISION_CONV_LAYERS = (
+    ('conv1', 64, 11, 4, 2, 1),
+    ('conv2', 192, 5, 1, 2, 1),
+    ('conv3', 384, 3, 1, 1, 1),
+    ('conv4', 256, 3, 1, 1, 1),
+    ('conv5', 256, 3, 1, 1, 1),
 )
 FC_LAYERS = (('fc6', 4096), ('fc7', 4096))
 LAYER_NAMES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
@@ -673,6 +738,97 @@ XLA_NATIVE_IMPLS = {'pool_impl': 'reduce_window', 'conv_impl': 'feature_group_co
                     'conv_weight_grad': 'xla', 'conv1_impl': 'direct', 'narrow_conv_impl': 'xla'}
 
 
+# --------------------------------------------------------------------------------------------
+# Presets: the published AlexNets as AlexNet field values
+# --------------------------------------------------------------------------------------------
+_CAFFE_LRN = dict(lrn_size=5, lrn_k=1.0, lrn_alpha=1e-4 / 5, lrn_beta=0.75, lrn_groups=1)
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's network: AlexNet's defaults.
+    'paper': {},
+    # BVLC's bvlc_alexnet (Caffe): the paper's layers, but Caffe's LRN (k 1, alpha 1e-4 divided
+    # by the window size as Caffe does, windows across all channels of the layer, not per
+    # tower), norm before pool, Caffe's training init.
+    'bvlc': dict(_CAFFE_LRN, lrn_after_pool=False, init_scheme='caffe'),
+    # BVLC's bvlc_reference_caffenet: bvlc_alexnet with pool before norm.
+    'caffenet': dict(_CAFFE_LRN, lrn_after_pool=True, init_scheme='caffe'),
+    # torchvision's alexnet: 64-192-384-256-256, no LRN, no groups, adaptive average pooling to
+    # 6x6 before fc6 (any input of at least 63 pixels), dropout before fc6 and fc7.
+    'torchvision': dict(conv_layers=TORCHVISION_CONV_LAYERS, use_lrn=False, avg_pool_size=6,
+                        dropout_before_fc=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PresetInputs:
+  """What a preset's published weights expect and reached (ILSVRC-2012 validation).
+
+  ``input_size``: the square crop the network takes; ``resize``: the image is first resized to
+  this (Caffe: both sides warped to 256x256; torchvision and the paper: the shorter side to
+  256); ``top1``/``top5``: published accuracy in %, single centre crop unless ``evaluation``
+  says otherwise; ``weights``: where the weights come from.
+  """
+  input_size: int
+  resize: int
+  top1: float | None
+  top5: float | None
+  evaluation: str
+  weights: str
+
+
+PRESET_INPUTS = {
+    'paper': PresetInputs(227, 256, 59.3, 81.8, 'one network, average of 10 crops (the paper)',
+                          'none published by the authors; train with this project'),
+    'bvlc': PresetInputs(227, 256, 57.1, 80.2, 'centre crop',
+                         "BVLC Caffe model zoo bvlc_alexnet.caffemodel; ONNX model zoo "
+                         "bvlcalexnet-9/-12.onnx"),
+    'caffenet': PresetInputs(227, 256, 57.4, 80.4, 'centre crop',
+                             'BVLC Caffe model zoo bvlc_reference_caffenet.caffemodel'),
+    'torchvision': PresetInputs(224, 256, 56.522, 79.066, 'centre crop',
+                                'torchvision alexnet-owt-7be5be79.pth (IMAGENET1K_V1)'),
+}
+
+# ImageNet's mean pixel in [0, 1] RGB units (fb.resnet.torch's, also torchvision's), and
+# torchvision's per-channel std.
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+# Caffe's ImageNet mean pixel (the mean of ilsvrc_2012_mean), 0..255, in RGB order: Caffe's
+# BGR (104.007, 116.669, 122.679) reversed, since our converted models take RGB.
+CAFFE_MEAN_RGB = (122.679, 116.669, 104.007)
+
+
+def _check_preset(name: str) -> None:
+  if name not in PRESETS:
+    raise ValueError(f'Unknown AlexNet preset {name!r}; use one of {", ".join(PRESETS)}.')
+
+
+def preset(name: str = 'paper', **overrides) -> AlexNet:
+  """The ``AlexNet`` of a named preset ('paper', 'bvlc', 'caffenet', 'torchvision').
+
+  ``overrides`` set any other field, e.g. ``preset('bvlc', num_classes=21, dtype=jnp.bfloat16)``.
+  """
+  _check_preset(name)
+  return AlexNet(**{**PRESETS[name], **overrides})
+
+
+def preprocess(name: str, images: Array) -> Array:
+  """A preset's pixel preprocessing: RGB NHWC images in 0..255 (uint8 or float) -> float32.
+
+  The images are already resized and cropped to the preset's ``PRESET_INPUTS[name].input_size``.
+  'paper': the project's input pipeline (``(pixels / 255 - IMAGENET_MEAN_RGB) * 255``: 0..255
+  units minus the mean pixel); 'bvlc', 'caffenet': Caffe's (0..255 minus
+  :data:`CAFFE_MEAN_RGB`); 'torchvision': ``(pixels / 255 - IMAGENET_MEAN_RGB) /
+  IMAGENET_STD_RGB``. Jittable.
+  """
+  _check_preset(name)
+  x = jnp.asarray(images).astype(jnp.float32)
+  if name == 'paper':
+    return (x / 255.0 - jnp.asarray(IMAGENET_MEAN_RGB, jnp.float32)) * 255.0
+  if name in ('bvlc', 'caffenet'):
+    return x - jnp.asarray(CAFFE_MEAN_RGB, jnp.float32)
+  return (x / 255.0 - jnp.asarray(IMAGENET_MEAN_RGB, jnp.float32)) / jnp.asarray(
+      IMAGENET_STD_RGB, jnp.float32)
+
+
 def _axis_size(axis_name: str | None) -> int:
   return 1 if axis_name is None else lax.axis_size(axis_name)
 
@@ -687,13 +843,27 @@ def _gather_features(x: Array, axis_name: str | None) -> Array:
 class AlexNet(nn.Module):
   """The paper's AlexNet. ``model.apply(variables, images, train=False)`` -> logits.
 
+  :func:`preset` builds the published variants (BVLC's, CaffeNet, torchvision's) from the
+  fields below; the parameter contract (module docstring) holds for all of them.
+
   Attributes (defaults are the paper's):
     num_classes: size of the output layer fc8.
-    dropout_rate: dropout on fc6 and fc7 outputs when ``train=True`` (needs a 'dropout' rng).
+    dropout_rate: dropout on fc6 and fc7 when ``train=True`` (needs a 'dropout' rng).
+    dropout_before_fc: False (the paper, Caffe) drops fc6's and fc7's outputs, after the ReLU;
+      True (torchvision) drops fc6's and fc7's inputs (same parameters, same eval numbers).
+    conv_layers: the five conv layers' geometry, rows ``(name, features, kernel, stride,
+      padding, groups)`` named conv1..conv5: :data:`CONV_LAYERS` (the paper's) or
+      :data:`TORCHVISION_CONV_LAYERS`.
+    avg_pool_size: None (the paper) feeds pool5's map to fc6 as it is (6x6 at 227 input); an
+      int ``s`` first averages it to ``s x s`` as ``torch.nn.AdaptiveAvgPool2d(s)`` does
+      (torchvision: 6, so that any input of at least 63 pixels works).
     use_lrn: False drops both LRN layers (the paper's ablation; torchvision's variant).
     lrn_after_pool: False is the paper's conv -> ReLU -> LRN -> pool; True is the seed's and
       CaffeNet's conv -> ReLU -> pool -> LRN (same shapes, different numbers).
-    lrn_groups: 2 keeps LRN windows inside each tower, as on the paper's two GPUs.
+    lrn_groups: 2 keeps LRN windows inside each tower, as on the paper's two GPUs; 1 lets them
+      run across all channels of the layer (Caffe).
+    lrn_size, lrn_k, lrn_alpha, lrn_beta: the LRN's n, k, alpha, beta in the paper's formula
+      (alpha multiplies the sum of squares; Caffe's alpha is this one times ``lrn_size``).
     init_scheme: (not ``init``, which is linen's method) 'paper' (every weight N(0, 0.01),
       bias 1 on conv2/4/5 and fc6/7, 0 elsewhere) or 'caffe' (fc6/fc7 std 0.005 and biases
       0.1 in place of 1; escapes the long plateau at ln(num_classes) that the paper's init
@@ -719,6 +889,9 @@ class AlexNet(nn.Module):
   """
   num_classes: int = 1000
   dropout_rate: float = 0.5
+  dropout_before_fc: bool = False
+  conv_layers: tuple[tuple[str, int, int, int, int, int], ...] = CONV_LAYERS
+  avg_pool_size: int | None = None
   use_lrn: bool = True
   lrn_after_pool: bool = False
   lrn_groups: int = 2
@@ -765,26 +938,29 @@ class AlexNet(nn.Module):
       return lrn(max_pool(x, impl=pool_impl))
     return max_pool(lrn(x), impl=pool_impl)
 
-  @nn.compact
-  def __call__(self, images: Array, train: bool = False) -> Array:
-    """Logits (N, num_classes) in float32 for NHWC images (N, 227, 227, 3)."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f'AlexNet expects NHWC RGB images (N, 227, 227, 3), got {images.shape}.')
-    conv_axis = self.model_axis if self.model_parallel_convs else None
-    fc_axis = self.model_axis if self.model_parallel_fcs else None
-    conv_shards = _axis_size(conv_axis)
-    fc_shards = _axis_size(fc_axis)
+  def _check_shards(self, conv_shards: int, fc_shards: int) -> None:
+    """Model parallelism splits what the network allows; errors say what to change."""
     if conv_shards not in (1, 2):
       raise ValueError('Model-parallel conv layers hold one tower per device: the model axis '
                        f'must have size 2, not {conv_shards}.')
+    if conv_shards > 1:
+      for name, _, _, _, _, groups in self.conv_layers:
+        # conv1 sees the image and conv3 gathers both towers; the others see their tower only.
+        if name not in ('conv1', 'conv3') and groups % conv_shards:
+          raise ValueError(f'{name} has {groups} group(s): model-parallel conv layers need '
+                           'the two-tower network; set model_parallel_convs=False.')
+      if self.use_lrn and self.lrn_groups % conv_shards:
+        raise ValueError(f'lrn_groups={self.lrn_groups} lets LRN windows cross the towers: '
+                         'model-parallel conv layers need lrn_groups=2; set '
+                         'model_parallel_convs=False.')
     for name, features in FC_LAYERS + (('fc8', self.num_classes),):
       if features % fc_shards:
         raise ValueError(f'{name}: {features} outputs do not split over {fc_shards} devices.')
 
-    impls = self.impls()
-    dtype = self.dtype or self.param_dtype
-    x = images.astype(dtype)
-    for name, features, ksize, stride, pad, groups in CONV_LAYERS:
+  def _features(self, x: Array, conv_axis: str | None, impls: dict[str, str]) -> Array:
+    """conv1 .. pool5 (and the average pool, if any): images -> the map fc6 flattens."""
+    conv_shards = _axis_size(conv_axis)
+    for name, features, ksize, stride, pad, groups in self.conv_layers:
       if name == 'conv3':
         x = _gather_features(x, conv_axis)  # conv3 sees both towers' maps.
       kernel_init, bias_init = self._init_fns(name)
@@ -797,24 +973,47 @@ class AlexNet(nn.Module):
       if name in ('conv1', 'conv2'):
         x = self._norm_pool(x, max(self.lrn_groups // conv_shards, 1), impls['pool_impl'])
     x = max_pool(x, impl=impls['pool_impl'])
+    if self.avg_pool_size is not None:
+      x = adaptive_avg_pool(x, self.avg_pool_size)
+    return x
 
+  def _classifier(self, x: Array, fc_axis: str | None, train: bool) -> Array:
+    """fc6, fc7, fc8 on the flattened map: logits (model-parallel shards gathered)."""
+    fc_shards = _axis_size(fc_axis)
+    # One Dropout module per layer (Dropout_0, Dropout_1): each draws its own mask.
+    dropout = lambda v: nn.Dropout(self.dropout_rate, deterministic=not train)(v)
+    for name, features in FC_LAYERS:
+      kernel_init, bias_init = self._init_fns(name)
+      if self.dropout_before_fc:
+        x = dropout(x)
+      x = Dense(features // fc_shards, kernel_init, bias_init, self.dtype, self.param_dtype,
+                name=name)(x)
+      x = nn.relu(x)
+      if not self.dropout_before_fc:
+        x = dropout(x)
+      x = _gather_features(x, fc_axis)
+    kernel_init, bias_init = self._init_fns('fc8')
+    x = Dense(self.num_classes // fc_shards, kernel_init, bias_init, self.dtype,
+              self.param_dtype, name='fc8')(x)
+    return _gather_features(x, fc_axis)
+
+  @nn.compact
+  def __call__(self, images: Array, train: bool = False) -> Array:
+    """Logits (N, num_classes) in float32 for NHWC RGB images (N, 227, 227, 3) (or the
+    preset's input size)."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'AlexNet expects NHWC RGB images (N, 227, 227, 3), got {images.shape}.')
+    conv_axis = self.model_axis if self.model_parallel_convs else None
+    fc_axis = self.model_axis if self.model_parallel_fcs else None
+    self._check_shards(_axis_size(conv_axis), _axis_size(fc_axis))
+    x = self._features(images.astype(self.dtype or self.param_dtype), conv_axis, self.impls())
     x = _gather_features(x, conv_axis)  # fc6 sees both towers' (6, 6, 128) maps, HWC order.
     if self.model_axis is not None and fc_axis is not None and conv_axis is None:
       # "One weird trick": convs ran data-parallel over the model axis too; the fc layers see
       # the whole model group's batch.
       x = lax.all_gather(x, self.model_axis, axis=0, tiled=True)
     x = x.reshape((x.shape[0], -1))
-    for name, features in FC_LAYERS:
-      kernel_init, bias_init = self._init_fns(name)
-      x = Dense(features // fc_shards, kernel_init, bias_init, self.dtype, self.param_dtype,
-                name=name)(x)
-      x = nn.relu(x)
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = _gather_features(x, fc_axis)
-    kernel_init, bias_init = self._init_fns('fc8')
-    x = Dense(self.num_classes // fc_shards, kernel_init, bias_init, self.dtype,
-              self.param_dtype, name='fc8')(x)
-    return _gather_features(x, fc_axis).astype(jnp.float32)
+    return self._classifier(x, fc_axis, train).astype(jnp.float32)
 
 
 def predict_probabilities(model: AlexNet, variables, images: Array) -> Array:

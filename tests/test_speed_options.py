@@ -257,10 +257,19 @@ def test_whole_model_loss_and_gradients_agree(lrn_after_pool=False):
       _assert_close(grads_on[layer][leaf], grads_off[layer][leaf], rtol=1e-4)
 
 
-def test_space_to_depth_needs_an_unpadded_ungrouped_conv():
-  conv = model_lib.TowerConv(4, (3, 3), (2, 2), padding=1, space_to_depth=True)
+def test_space_to_depth_needs_an_ungrouped_conv():
+  conv = model_lib.TowerConv(4, (3, 3), (2, 2), padding=1, groups=2, space_to_depth=True)
   with pytest.raises(ValueError, match='space_to_depth'):
     conv.init(jax.random.key(0), jnp.zeros((1, 9, 9, 2)))
+
+
+def test_padded_space_to_depth_conv_equals_the_direct_one():
+  """A padded strided conv (torchvision's conv1 pads by 2) is padded first, then cut in blocks."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 23, 23, 3)), jnp.float32)
+  direct = model_lib.TowerConv(8, (11, 11), (4, 4), padding=2)
+  variables = direct.init(jax.random.key(0), x)
+  blocks = direct.clone(space_to_depth=True)
+  _assert_close(blocks.apply(variables, x), direct.apply(variables, x))
 
 
 def test_auto_implementations_follow_the_backend(monkeypatch):
