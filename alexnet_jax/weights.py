@@ -1,0 +1,500 @@
+"""Real AlexNet weights in and out: BVLC/Caffe, the ONNX model zoo, torchvision, our own runs.
+
+    model, variables = alexnet_jax.weights.load('bvlc_alexnet.caffemodel')  # RGB input
+    logits = model.apply(variables, alexnet_jax.model.preprocess('bvlc', images))
+    alexnet_jax.weights.save('bvlc.safetensors', model, variables)     # our format
+    alexnet_jax.weights.export_onnx('bvlc.onnx', model, variables)     # for ONNX Runtime
+
+Formats (``load`` takes all; ``save`` writes ours, ``export_onnx`` ONNX):
+
+* ``.caffemodel``: BVLC's bvlc_alexnet / bvlc_reference_caffenet, V1 (``layers``) or current
+  (``layer``) NetParameter; read by :mod:`alexnet_jax.protowire`, no Caffe, no protoc.
+* ``.onnx``: the model zoo's bvlcalexnet (opset 9 or 12), a torchvision export, our export;
+  by the ``onnx`` package when installed, else by the same wire reader.
+* ``.pth`` (torchvision state dict; needs torch) and ``.safetensors`` (a torchvision state dict,
+  or our format: see :func:`save`).
+* A run's workdir, its ``checkpoints/`` directory or one ``checkpoints/<step>``: the run's
+  params (best checkpoint by validation error, else the latest) and its config's network.
+
+The network and layer sequence a file describes (convolution geometry, LRN constants and
+placement, pooling, class count from fc8) are read from it and checked against the preset;
+every tensor's shape is checked against the preset's, and the first that does not fit is named.
+Errors a file can cause are :class:`WeightsError` (a ``ValueError``) with one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import weight_formats as wf
+from alexnet_jax.weight_formats import LAYERS, Op, Source, WeightsError
+
+# AlexNet fields that describe the network (saved with our format); the rest are speed options.
+ARCHITECTURE_FIELDS = ('num_classes', 'dropout_rate', 'dropout_before_fc', 'conv_layers',
+                       'avg_pool_size', 'use_lrn', 'lrn_after_pool', 'lrn_groups', 'lrn_size',
+                       'lrn_k', 'lrn_alpha', 'lrn_beta', 'init_scheme')
+FORMAT_NAME = 'alexnet_jax'
+
+
+# --------------------------------------------------------------------------------------------
+# Presets: which one a model is, its input size, its layer sequence
+# --------------------------------------------------------------------------------------------
+def _architecture(model: model_lib.AlexNet) -> dict[str, Any]:
+  return {f: getattr(model, f) for f in ARCHITECTURE_FIELDS if hasattr(model, f)}
+
+
+def preset_of(model: model_lib.AlexNet) -> tuple[str, dict[str, Any]]:
+  """(the preset nearest ``model``, the fields that differ from it) over the network fields."""
+  mine = _architecture(model)
+  best = None
+  for name in model_lib.PRESETS:
+    theirs = _architecture(model_lib.preset(name))
+    differ = {f: v for f, v in mine.items() if theirs.get(f) != v}
+    if best is None or len(differ) < len(best[1]):
+      best = (name, differ)
+  return best
+
+
+def input_size(model: model_lib.AlexNet) -> int:
+  """The square input the model's preset takes (227, torchvision's 224)."""
+  return model_lib.PRESET_INPUTS[preset_of(model)[0]].input_size
+
+
+def layer_plan(model: model_lib.AlexNet) -> list[Op]:
+  """The model's layer sequence as :class:`Op` values (what a file's graph is checked against
+  and what :func:`export_onnx` writes). ReLUs and dropout are left out: every AlexNet has them
+  in the same places and inference ignores dropout."""
+  lrn = ([wf.lrn_op(model.lrn_size, model.lrn_k, model.lrn_alpha, model.lrn_beta,
+                    model.lrn_groups)] if model.use_lrn else [])
+  pool = [wf.pool_op('maxpool', 3, 2)]
+  ops = []
+  size = input_size(model)
+  for name, features, kernel, stride, pad, groups in model.conv_layers:
+    ops.append(wf.conv_op(features, kernel, stride, (pad,) * 4, groups))
+    size = (size + 2 * pad - kernel) // stride + 1
+    if name in ('conv1', 'conv2'):
+      ops += pool + lrn if model.lrn_after_pool else lrn + pool
+      size = (size - 3) // 2 + 1
+  ops += pool
+  size = (size - 3) // 2 + 1
+  if model.avg_pool_size is not None and size != model.avg_pool_size:
+    ops.append(Op('avgpool', (('adaptive', model.avg_pool_size),)))
+  fcs = [f for _, f in model_lib.FC_LAYERS] + [model.num_classes]
+  return ops + [Op('fc', (('out', int(f)),)) for f in fcs]
+
+
+def _pool_at(op: Op, size: int) -> tuple[Op, int]:
+  """A pooling op as it acts at ``size``: padding that changes nothing (Caffe's round-up, the
+  zoo's end pads, where the windows never reach them) is dropped. Returns (op, output size)."""
+  k, s, pads, ceil = op.get('kernel'), op.get('stride'), op.get('pads'), op.get('ceil')
+  rounding = math.ceil if ceil else math.floor
+  out = int(rounding((size + pads[0] + pads[2] - k) / s)) + 1
+  plain = (size - k) // s + 1
+  if pads[0] == pads[1] == 0 and out == plain:
+    return wf.pool_op(op.kind, k, s), plain
+  return op, out
+
+
+def _normalised(ops: list[Op], size: int) -> list[Op]:
+  result = []
+  for op in ops:
+    if op.kind == 'conv':
+      pads = op.get('pads')
+      size = (size + pads[0] + pads[2] - op.get('kernel')) // op.get('stride') + 1
+    elif op.kind in ('maxpool', 'avgpool') and op.get('kernel') is not None:
+      op, size = _pool_at(op, size)
+    result.append(op)
+  return result
+
+
+def _same(a: Op, b: Op) -> bool:
+  if a.kind != b.kind or [k for k, _ in a.attrs] != [k for k, _ in b.attrs]:
+    return False
+  return all(np.isclose(x, y, rtol=1e-5, atol=0) if isinstance(x, float) else x == y
+             for (_, x), (_, y) in zip(a.attrs, b.attrs))
+
+
+def _labels(ops: list[Op]) -> list[str]:
+  """conv1.. and fc6.. for those ops, 'after conv1' for the norm and pool ops that follow."""
+  labels, last, convs, fcs = [], 'the input', 0, 0
+  for op in ops:
+    if op.kind in ('conv', 'fc'):
+      convs, fcs = convs + (op.kind == 'conv'), fcs + (op.kind == 'fc')
+      last = f'conv{convs}' if op.kind == 'conv' else f'fc{5 + fcs}'
+      labels.append(last)
+    else:
+      labels.append(f'{op.kind} after {last}')
+  return labels
+
+
+def plan_differences(ops: list[Op], model: model_lib.AlexNet) -> list[str]:
+  """How a file's layer sequence differs from the model's (empty: none), at its input size."""
+  mine = layer_plan(model)
+  theirs = _normalised(ops, input_size(model))
+  found = [f'{where}: the file has {a}, the preset {b}'
+           for where, a, b in zip(_labels(mine), theirs, mine) if not _same(a, b)]
+  if len(theirs) != len(mine):
+    longer, who = (theirs, 'the file') if len(theirs) > len(mine) else (mine, 'the preset')
+    found.append(f'{who} has {abs(len(theirs) - len(mine))} more step(s), from '
+                 f'{longer[min(len(theirs), len(mine))]}')
+  return found
+
+
+def _num_classes(source: Source) -> int:
+  fc8 = source.tensors['fc8']
+  return int(fc8['weight'].shape[0] if source.layout == 'oihw' else fc8['kernel'].shape[1])
+
+
+def choose_model(source: Source, preset: str | None = None, **overrides) -> model_lib.AlexNet:
+  """The AlexNet a file describes: ``preset`` if given (checked), the file's own if it names
+  one, else the first preset whose layer sequence the file's matches. The class count is the
+  file's fc8's."""
+  overrides = {**source.overrides, 'num_classes': _num_classes(source), **overrides}
+  names = [preset or source.preset] if (preset or source.preset) else list(model_lib.PRESETS)
+  if names[0] not in model_lib.PRESETS:
+    raise WeightsError(f"unknown preset '{names[0]}'; use one of {', '.join(model_lib.PRESETS)}.")
+  if source.ops is None:
+    return model_lib.preset(names[0], **overrides)
+  tried = []
+  for name in names:
+    model = model_lib.preset(name, **overrides)
+    differences = plan_differences(source.ops, model)
+    if not differences:
+      return model
+    tried.append((len(differences), name, differences))
+  _, name, differences = min(tried)
+  which = f"the '{name}' preset" if preset or len(names) == 1 else (
+      f"any preset (nearest: '{name}')")
+  raise WeightsError(f'{source.path}: the network does not match {which}: '
+                     + '; '.join(differences[:3]) + '.')
+
+
+# --------------------------------------------------------------------------------------------
+# Layouts: the one place where tensors change layout (and are checked against the preset)
+# --------------------------------------------------------------------------------------------
+def expected_shapes(model: model_lib.AlexNet) -> dict[str, dict[str, tuple]]:
+  """``{layer: {'kernel': shape, 'bias': shape}}`` of the model's params (no compute)."""
+  size = input_size(model)
+  images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), images)['params']
+  return jax.tree_util.tree_map(lambda s: tuple(s.shape), shapes)
+
+
+def _fc6_map(expected) -> tuple[int, int]:
+  """(channels, side) of the map fc6 flattens: conv5's channels, the rest square."""
+  channels = expected['conv5']['kernel'][-1]
+  return channels, math.isqrt(expected['fc6']['kernel'][0] // channels)
+
+
+def _file_shape(name: str, ours: tuple) -> tuple:
+  """Our kernel shape as Caffe/ONNX/PyTorch store it: OIHW, (out, in)."""
+  return (ours[3], ours[2], ours[0], ours[1]) if len(ours) == 4 else (ours[1], ours[0])
+
+
+def from_file_layout(name: str, weight: np.ndarray, expected, flip_bgr: bool) -> np.ndarray:
+  """OIHW -> HWIO, (out, in) -> (in, out), fc6's CHW flatten -> HWC, conv1's BGR -> RGB."""
+  if weight.ndim == 4:
+    kernel = weight.transpose(2, 3, 1, 0)
+    return kernel[:, :, ::-1, :] if flip_bgr and name == 'conv1' else kernel
+  if name == 'fc6':
+    channels, side = _fc6_map(expected)
+    return weight.reshape(-1, channels, side, side).transpose(2, 3, 1, 0).reshape(
+        channels * side * side, -1)
+  return weight.T
+
+
+def to_file_layout(name: str, kernel: np.ndarray, expected) -> np.ndarray:
+  """The inverse of :func:`from_file_layout` (without the channel flip): for ONNX export."""
+  if kernel.ndim == 4:
+    return kernel.transpose(3, 2, 0, 1)
+  if name == 'fc6':
+    channels, side = _fc6_map(expected)
+    return kernel.reshape(side, side, channels, -1).transpose(3, 2, 0, 1).reshape(
+        -1, channels * side * side)
+  return kernel.T
+
+
+def to_params(source: Source, model: model_lib.AlexNet, bgr_to_rgb: bool = True) -> dict:
+  """The file's tensors as ``model``'s params (float32 numpy), each shape checked."""
+  expected = expected_shapes(model)
+  name_of = {'oihw': ('weight', 'bias'), 'ours': ('kernel', 'bias')}[source.layout]
+  params = {}
+  for layer in LAYERS:
+    if layer not in source.tensors:
+      raise WeightsError(f'{source.path}: no weights for {layer}.')
+    params[layer] = {}
+    for part, key in zip(('kernel', 'bias'), name_of):
+      array = np.asarray(source.tensors[layer].get(key, np.zeros((0,))), np.float32)
+      want = expected[layer][part]
+      if source.layout == 'oihw' and part == 'kernel':
+        want = _file_shape(layer, want)
+      if array.shape != want:
+        raise WeightsError(
+            f"{source.path}: {layer}'s {key} has shape {array.shape} where the "
+            f"'{preset_of(model)[0]}' preset needs {want}.")
+      if source.layout == 'oihw' and part == 'kernel':
+        array = from_file_layout(layer, array, expected, flip_bgr=source.bgr and bgr_to_rgb)
+      params[layer][part] = np.ascontiguousarray(array)
+  return params
+
+
+# --------------------------------------------------------------------------------------------
+# Our format and a run's checkpoints
+# --------------------------------------------------------------------------------------------
+def _jsonable(value):
+  return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _from_json(field: str, value):
+  if field == 'conv_layers':
+    return tuple(tuple(row) for row in value)
+  return value
+
+
+def _overrides(fields: dict[str, Any]) -> dict[str, Any]:
+  return {f: _from_json(f, v) for f, v in fields.items() if f in ARCHITECTURE_FIELDS
+          and v is not None}
+
+
+def read_ours(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Source:
+  """Our .safetensors: tensors ``conv1.kernel`` ... in our layout, the preset in the metadata."""
+  try:
+    overrides = _overrides(json.loads(metadata.get('overrides', '{}')))
+  except json.JSONDecodeError:
+    raise WeightsError(f"{path}: its 'overrides' metadata is not JSON.") from None
+  layers = {}
+  for name, array in tensors.items():
+    layer, _, part = name.partition('.')
+    layers.setdefault(layer, {})[part] = array
+  return Source(path, 'alexnet_jax', layers, layout='ours', preset=metadata.get('preset'),
+                overrides=overrides)
+
+
+def _run_dirs(path: str) -> tuple[str, str | None]:
+  """(the run's workdir, the checkpoint step directory if ``path`` names one)."""
+  path = os.path.abspath(path.rstrip(os.sep))
+  parts = path.split(os.sep)
+  if parts[-1] == 'state':
+    path, parts = os.path.dirname(path), parts[:-1]
+  if parts[-1].isdigit() and parts[-2] == 'checkpoints':
+    return os.sep.join(parts[:-2]), path
+  if parts[-1] == 'checkpoints':
+    return os.path.dirname(path), None
+  return path, None
+
+
+def _restore_params(step_dir: str) -> dict:
+  """The params of a checkpoint's ``state`` item, as numpy (any mesh it was saved on)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  item = os.path.join(step_dir, 'state')
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(item).item_metadata.tree
+    args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    state = checkpointer.restore(item, args=ocp.args.PyTreeRestore(restore_args=args))
+  return state['params']
+
+
+def read_run(path: str) -> Source:
+  """A run's params: ``path`` is its workdir, ``checkpoints/`` or ``checkpoints/<step>``; a
+  workdir gives its best checkpoint by validation error (else the latest), as evaluation does."""
+  from alexnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  workdir, step_dir = _run_dirs(path)
+  config_path = os.path.join(workdir, checkpoint_lib.CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise WeightsError(f'{path}: no {checkpoint_lib.CONFIG_FILE} in {workdir}: not a run of '
+                       'alexnet_jax (or not a weight file of a known kind).')
+  if step_dir is None:
+    if not checkpoint_lib.has_checkpoints(workdir):
+      raise WeightsError(f'{path}: the run has no checkpoint yet.')
+    ckpts = checkpoint_lib.Checkpoints(workdir, async_save=False)
+    step = ckpts.best_step() or ckpts.latest_step()
+    ckpts.close()
+    step_dir = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR, str(step))
+  with open(config_path, encoding='utf-8') as f:
+    model_config = json.load(f).get('model', {})
+  try:
+    params = _restore_params(step_dir)
+  except Exception as e:  # pylint: disable=broad-except  (Orbax/tensorstore raise many kinds)
+    raise WeightsError(f'{step_dir}: the checkpoint does not restore ({type(e).__name__}); '
+                       'load another step.') from None
+  return Source(step_dir, 'checkpoint', params, layout='ours',
+                preset=model_config.get('preset') or 'paper', overrides=_overrides(model_config))
+
+
+def read(path: str) -> Source:
+  """Any supported file (by its extension) or run directory, unconverted."""
+  if os.path.isdir(path):
+    return read_run(path)
+  if not os.path.exists(path):
+    raise WeightsError(f'{path}: no such file or directory.')
+  ext = os.path.splitext(path)[1].lower()
+  if ext == '.caffemodel':
+    return wf.read_caffemodel(path)
+  if ext == '.onnx':
+    return wf.read_onnx(path)
+  if ext in ('.pth', '.pt'):
+    return wf.read_torch(path)
+  if ext == '.safetensors':
+    tensors, metadata = wf.read_safetensors(path)
+    if metadata.get('format') == FORMAT_NAME:
+      return read_ours(path, tensors, metadata)
+    return wf.torchvision_source(path, 'safetensors', tensors)
+  raise WeightsError(f'{path}: unknown kind of file; use a .caffemodel, .onnx, .pth, '
+                     '.safetensors file or a run directory.')
+
+
+# --------------------------------------------------------------------------------------------
+# The API
+# --------------------------------------------------------------------------------------------
+def load(path: str, bgr_to_rgb: bool = True, preset: str | None = None,
+         **overrides) -> tuple[model_lib.AlexNet, dict]:
+  """``(model, {'params': ...})`` from any supported file or a run's directory.
+
+  ``model.apply(variables, images)`` gives the file's logits for NHWC images preprocessed as
+  the preset says (``alexnet_jax.model.preprocess``). With ``bgr_to_rgb`` (the default) a
+  Caffe/ONNX-zoo network takes RGB images (conv1's input channels reversed); with False the
+  BGR order it was trained with. ``preset`` names the network the file must be (checked);
+  ``overrides`` set other model fields (``dtype``, speed options).
+  """
+  source = read(os.fspath(path))
+  model = choose_model(source, preset, **overrides)
+  params = to_params(source, model, bgr_to_rgb)
+  return model, {'params': jax.tree_util.tree_map(jnp.asarray, params)}
+
+
+def _numpy_params(variables) -> dict:
+  params = variables['params'] if 'params' in variables else variables
+  return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
+
+
+def _check_params(model, params, what: str) -> None:
+  expected = expected_shapes(model)
+  for layer in LAYERS:
+    for part in ('kernel', 'bias'):
+      shape = tuple(params[layer][part].shape)
+      if shape != expected[layer][part]:
+        raise ValueError(f"{what}: {layer}'s {part} has shape {shape} but the model's is "
+                         f'{expected[layer][part]}.')
+
+
+def _write_atomically(path: str, write) -> None:
+  """``write(tmp_path)`` then rename: a failed write leaves nothing at ``path``."""
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  tmp = os.path.join(directory, f'.{os.path.basename(path)}.{os.getpid()}.tmp')
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def save(path: str, model: model_lib.AlexNet, variables) -> None:
+  """Writes our format: safetensors (float32, our layout, tensors ``conv1.kernel`` ...) with
+  metadata ``format='alexnet_jax'``, ``preset`` and ``overrides`` (JSON of the network fields
+  that differ from the preset). :func:`load` reads it with nothing but the base install."""
+  params = _numpy_params(variables)
+  _check_params(model, params, os.fspath(path))
+  name, differ = preset_of(model)
+  tensors = {f'{layer}.{part}': params[layer][part] for layer in LAYERS
+             for part in ('kernel', 'bias')}
+  metadata = {'format': FORMAT_NAME, 'preset': name,
+              'overrides': json.dumps({f: _jsonable(v) for f, v in differ.items()})}
+  _write_atomically(path, lambda tmp: wf.write_safetensors(tmp, tensors, metadata))
+
+
+def export_onnx(path: str, model: model_lib.AlexNet, variables) -> None:
+  """Writes the model as an ONNX graph (opset 13) that ONNX Runtime runs (needs ``onnx``).
+
+  Input ``images``: float32 NCHW ``(N, 3, S, S)``, S the preset's input size, in the channel
+  order the params take (RGB after :func:`load`), preprocessed as the preset says; output
+  ``logits`` ``(N, num_classes)`` (no softmax). The graph's metadata names the preset.
+  """
+  try:
+    from alexnet_jax import onnx_export  # pylint: disable=g-import-not-at-top  (needs onnx)
+  except ImportError:
+    raise WeightsError(f"{path}: exporting to ONNX needs the 'onnx' package: pip install "
+                       "'alexnet_jax[onnx]'.") from None
+  params = _numpy_params(variables)
+  _check_params(model, params, os.fspath(path))
+  expected = expected_shapes(model)
+  tensors = {layer: (to_file_layout(layer, params[layer]['kernel'], expected),
+                     params[layer]['bias']) for layer in LAYERS}
+  proto = onnx_export.build(layer_plan(model), tensors, input_size(model),
+                            {'alexnet_jax.preset': preset_of(model)[0],
+                             'alexnet_jax.channel_order': 'RGB'})
+  _write_atomically(path, lambda tmp: onnx_export.write(proto, tmp))
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+def table(model: model_lib.AlexNet, variables) -> str:
+  """One line per tensor: name, shape, count, mean and std; then the total."""
+  params = _numpy_params(variables)
+  name, differ = preset_of(model)
+  lines = [f"preset '{name}'" + (f', with {differ}' if differ else '')
+           + f', input {input_size(model)}x{input_size(model)}',
+           f"{'tensor':<12} {'shape':<20} {'count':>10} {'mean':>12} {'std':>12}"]
+  total = 0
+  for layer in LAYERS:
+    for part in ('kernel', 'bias'):
+      array = params[layer][part]
+      total += array.size
+      lines.append(f'{layer + "." + part:<12} {str(tuple(array.shape)):<20} {array.size:>10,} '
+                   f'{array.mean():>12.5g} {array.std():>12.5g}')
+  lines.append(f"{'total':<12} {'':<20} {total:>10,}")
+  return '\n'.join(lines)
+
+
+def _parse_args(argv: list[str]):
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(
+      prog='python -m alexnet_jax.weights',
+      description='Convert AlexNet weights (.caffemodel, .onnx, .pth, .safetensors, a run '
+                  'directory) into our format (.safetensors) or ONNX (.onnx), or describe them.')
+  commands = parser.add_subparsers(dest='command', required=True)
+  convert = commands.add_parser('convert', help='IN -> OUT (.safetensors: ours; .onnx: ONNX)')
+  convert.add_argument('source')
+  convert.add_argument('output')
+  info = commands.add_parser('info', help='the preset and per-tensor statistics of a file')
+  info.add_argument('source')
+  for p in (convert, info):
+    p.add_argument('--preset', choices=list(model_lib.PRESETS),
+                   help='the network the file must be (default: the one it matches)')
+    p.add_argument('--keep-bgr', action='store_true',
+                   help="keep a Caffe/ONNX-zoo network's BGR input (default: reverse to RGB)")
+  return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    model, variables = load(args.source, bgr_to_rgb=not args.keep_bgr, preset=args.preset)
+    print(table(model, variables))
+    if args.command == 'convert':
+      if os.path.splitext(args.output)[1].lower() == '.onnx':
+        export_onnx(args.output, model, variables)
+      elif os.path.splitext(args.output)[1].lower() == '.safetensors':
+        save(args.output, model, variables)
+      else:
+        raise WeightsError(f'{args.output}: write .safetensors (our format) or .onnx.')
+      print(f'wrote {args.output}')
+  except (WeightsError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,321 @@
+"""alexnet_jax.weights against runtimes nobody here wrote: ONNX Runtime and PyTorch.
+
+The stand-in files (tests/weight_files.py) have the public files' structure with random
+fan-in-scaled weights: the ONNX zoo's bvlcalexnet graph, CaffeNet's, .caffemodel files in both
+NetParameter formats, torchvision's AlexNet (torch.nn, exported by torch.onnx and saved as
+.pth and .safetensors). Logits must agree within 1e-4 of their scale.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import weight_formats as wf
+from alexnet_jax import weights
+
+import weight_files as files
+
+onnx = pytest.importorskip('onnx')
+ort = pytest.importorskip('onnxruntime')
+
+RTOL = 1e-4
+
+
+def assert_logits_close(ours, reference):
+  """Within RTOL of the logits' scale (elementwise relative error is meaningless near 0)."""
+  ours, reference = np.asarray(ours), np.asarray(reference)
+  assert ours.shape == reference.shape
+  scale = np.abs(reference).max()
+  np.testing.assert_allclose(ours, reference, rtol=RTOL, atol=RTOL * scale)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(model):
+  return jax.jit(model.apply)
+
+
+def our_logits(model, variables, images):
+  return np.asarray(_jitted(model)(variables, images))
+
+
+def ort_run(path, nchw, output=0):
+  session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+  return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(nchw)})[output]
+
+
+def rgb_images(size, n=4, seed=1):
+  """Caffe-scaled inputs (0..255 minus a mean): big enough that LRN matters."""
+  return np.random.default_rng(seed).uniform(-120, 130, (n, size, size, 3)).astype(np.float32)
+
+
+def nchw(images, bgr=False):
+  return (images[..., ::-1] if bgr else images).transpose(0, 3, 1, 2)
+
+
+def same_params(a, b) -> bool:
+  leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  return (jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+          and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves_a, leaves_b)))
+
+
+@pytest.fixture(scope='module')
+def caffe_weights():
+  return files.random_weights(files.CAFFE_CONVS)
+
+
+@pytest.fixture(scope='module')
+def zoo(tmp_path_factory, caffe_weights):
+  """{('bvlc'|'caffenet', opset): path} of zoo-structured graphs with the same weights."""
+  base = tmp_path_factory.mktemp('zoo')
+  paths = {}
+  for name, after in (('bvlc', False), ('caffenet', True)):
+    for opset in (9, 12):
+      path = base / f'{name}-{opset}.onnx'
+      onnx.save(files.zoo_graph(caffe_weights, lrn_after_pool=after, opset=opset), path)
+      paths[name, opset] = path
+  return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Caffe lineage: the zoo's graphs, .caffemodel files
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('name,opset', [('bvlc', 9), ('bvlc', 12), ('caffenet', 9)])
+def test_zoo_graph_matches_onnx_runtime(zoo, name, opset):
+  path = zoo[name, opset]
+  model, variables = weights.load(path)
+  assert weights.preset_of(model) == (name, {})
+  assert model.num_classes == 1000
+  images = rgb_images(227)
+  ours = our_logits(model, variables, images)
+  # The file takes BGR (Caffe's order); ours, loaded with bgr_to_rgb, takes RGB.
+  assert_logits_close(ours, ort_run(path, nchw(images, bgr=True), output=1))
+  assert_logits_close(ours[:1], ort_run(path, nchw(images[:1], bgr=True), output=1))
+  if (name, opset) == ('bvlc', 9):  # our batch 1 too (one more compile, once)
+    assert_logits_close(our_logits(model, variables, images[:1]),
+                        ort_run(path, nchw(images[:1], bgr=True), output=1))
+
+
+def test_keep_bgr_takes_the_files_channel_order(zoo):
+  path = zoo['bvlc', 9]
+  _, rgb = weights.load(path)
+  model, bgr = weights.load(path, bgr_to_rgb=False)
+  np.testing.assert_array_equal(bgr['params']['conv1']['kernel'],
+                                rgb['params']['conv1']['kernel'][:, :, ::-1, :])
+  images = rgb_images(227)
+  assert_logits_close(our_logits(model, bgr, images[..., ::-1]),
+                      ort_run(path, nchw(images, bgr=True), output=1))
+
+
+@pytest.mark.parametrize('v1', [True, False], ids=['V1-layers', 'V2-layer'])
+@pytest.mark.parametrize('name', ['bvlc', 'caffenet'])
+def test_caffemodel_loads_bit_identical_to_the_onnx_path(tmp_path, zoo, caffe_weights, name, v1):
+  path = tmp_path / f'{name}.caffemodel'
+  path.write_bytes(files.caffemodel(caffe_weights, v1=v1, lrn_after_pool=name == 'caffenet'))
+  model, variables = weights.load(path)
+  onnx_model, onnx_variables = weights.load(zoo[name, 9])
+  assert model == onnx_model
+  assert same_params(variables, onnx_variables)
+
+
+def test_wire_reader_reads_what_the_onnx_package_reads(zoo):
+  path = zoo['bvlc', 12]
+  by_package = wf.read_onnx(str(path), use_package=True)
+  by_wire = wf.read_onnx(str(path), use_package=False)
+  assert by_wire.ops == by_package.ops and by_wire.bgr == by_package.bgr
+  for layer in wf.LAYERS:
+    for part in ('weight', 'bias'):
+      np.testing.assert_array_equal(by_wire.tensors[layer][part], by_package.tensors[layer][part])
+
+
+def test_class_count_comes_from_fc8(tmp_path):
+  tuned = files.random_weights(files.CAFFE_CONVS, num_classes=21, seed=3)
+  path = tmp_path / 'tuned.onnx'
+  onnx.save(files.zoo_graph(tuned, input_dims=(1, 3, 224, 224)), path)  # the zoo's declared input
+  model, variables = weights.load(path)
+  assert model.num_classes == 21 and variables['params']['fc8']['kernel'].shape == (4096, 21)
+
+
+def test_pool_pads_that_change_the_output_are_reported(caffe_weights):
+  model = model_lib.preset('bvlc')
+  ops = weights.layer_plan(model)
+  assert weights.plan_differences(ops, model) == []
+  harmless = [wf.pool_op('maxpool', 3, 2, (0, 0, 1, 1)) if o.kind == 'maxpool' else o for o in ops]
+  assert weights.plan_differences(harmless, model) == []  # the zoo's pads: never reached at 227
+  shifted = [wf.pool_op('maxpool', 3, 2, (1, 1, 1, 1)) if o.kind == 'maxpool' else o for o in ops]
+  differences = weights.plan_differences(shifted, model)
+  assert differences and differences[0].startswith('maxpool after conv1')
+  caffe_lrn = [wf.lrn_op(5, 2.0, 2e-5, 0.75, 1) if o.kind == 'lrn' else o for o in ops]
+  assert 'k=2' in weights.plan_differences(caffe_lrn, model)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision: torch.nn with its layer sequence, exported by torch.onnx, saved as state dicts
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def torchvision_files(tmp_path_factory):
+  torch = pytest.importorskip('torch')
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  base = tmp_path_factory.mktemp('torchvision')
+  net = files.torchvision_alexnet(files.random_weights(files.TORCHVISION_CONVS, seed=5))
+  images = rgb_images(224, seed=2) / 60.0  # torchvision's normalised scale
+  with torch.no_grad():
+    logits = net(torch.from_numpy(nchw(images).copy())).numpy()
+  state = {k: v.numpy() for k, v in net.state_dict().items()}
+  torch.save(net.state_dict(), base / 'alexnet.pth')
+  save_file(state, str(base / 'alexnet.safetensors'))
+  torch.onnx.export(net, torch.zeros(1, 3, 224, 224), str(base / 'alexnet.onnx'), dynamo=False,
+                    input_names=['input'], dynamic_axes={'input': {0: 'N'}})
+  return base, images, logits, state
+
+
+@pytest.mark.parametrize('kind', ['onnx', 'pth', 'safetensors'])
+def test_torchvision_files_match_torch(torchvision_files, kind):
+  base, images, torch_logits, _ = torchvision_files
+  model, variables = weights.load(base / f'alexnet.{kind}')
+  assert weights.preset_of(model) == ('torchvision', {})
+  assert_logits_close(our_logits(model, variables, images), torch_logits)
+  if kind == 'onnx':
+    path = base / 'alexnet.onnx'
+    assert_logits_close(ort_run(path, nchw(images)), torch_logits)  # the export itself
+    assert_logits_close(torch_logits[:1], ort_run(path, nchw(images[:1])))
+
+
+# --------------------------------------------------------------------------------------------
+# Round trips: our format, ONNX export
+# --------------------------------------------------------------------------------------------
+def test_our_format_round_trips_and_is_plain_safetensors(tmp_path, zoo):
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  model, variables = weights.load(zoo['caffenet', 9])
+  path = tmp_path / 'caffenet.safetensors'
+  weights.save(path, model, variables)
+  again, loaded = weights.load(path)
+  assert again == model and same_params(loaded, variables)
+  # Another reader sees our layout under plain names.
+  other = load_file(str(path))
+  np.testing.assert_array_equal(other['fc6.kernel'], variables['params']['fc6']['kernel'])
+  tuned = model_lib.preset('torchvision', num_classes=7)
+  params = tuned.init(jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32))
+  weights.save(tmp_path / 'tuned.safetensors', tuned, params)
+  again, loaded = weights.load(tmp_path / 'tuned.safetensors')
+  assert again == tuned and same_params(loaded, params)
+
+
+@pytest.mark.parametrize('source', ['bvlc', 'torchvision', 'paper'])
+def test_export_runs_in_onnx_runtime_with_our_logits(tmp_path, zoo, torchvision_files, source):
+  if source == 'bvlc':
+    model, variables = weights.load(zoo['bvlc', 9])
+  elif source == 'torchvision':
+    model, variables = weights.load(torchvision_files[0] / 'alexnet.safetensors')
+  else:  # the paper's per-tower LRN: Split -> LRN -> Concat in ONNX
+    model = model_lib.preset('paper')
+    variables = model.init(jax.random.key(1), np.zeros((1, 227, 227, 3), np.float32))
+  size = weights.input_size(model)
+  images = rgb_images(size) / (60.0 if source == 'torchvision' else 1.0)
+  path = tmp_path / f'{source}.onnx'
+  weights.export_onnx(path, model, variables)
+  ours = our_logits(model, variables, images)
+  assert_logits_close(ort_run(path, nchw(images)), ours)
+  assert_logits_close(ort_run(path, nchw(images[:1])), ours[:1])
+  again, loaded = weights.load(path)  # our export reads back as itself (RGB, same preset)
+  assert again == model and same_params(loaded, variables)
+
+
+def test_a_runs_checkpoint_exports_to_onnx(tmp_path_factory, tmp_path):
+  import tiny_config as tiny  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import trainer  # pylint: disable=g-import-not-at-top
+  workdir, _ = tiny.reference_run(tmp_path_factory)
+  step = tiny.checkpoint_steps(workdir)[-1]
+  assert weights.load(workdir)[0].num_classes == tiny.NUM_CLASSES  # the best (or latest) one
+  model, variables = weights.load(os.path.join(workdir, 'checkpoints', str(step)))
+  path = tmp_path / 'run.onnx'
+  weights.export_onnx(path, model, variables)
+  # The run's own network and params, read without alexnet_jax.weights.
+  state, _ = tiny.restore_checkpoint(workdir, step)
+  config = tiny.get_config()
+  run_model = trainer.build_model(config, tiny.NUM_CLASSES)
+  images = rgb_images(227, n=2, seed=4)
+  run_logits = np.asarray(jax.jit(run_model.apply)({'params': state['params']}, images))
+  assert_logits_close(ort_run(path, nchw(images)), run_logits)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad files: one clear line naming the file and the tensor; nothing written
+# --------------------------------------------------------------------------------------------
+def _bad_files(base, caffe_weights, zoo, torchvision_state):
+  """{case: (path, words the error must contain)}."""
+  good_onnx = zoo['bvlc', 9].read_bytes()
+  good_caffe = files.caffemodel(caffe_weights, v1=True)
+  extra = files.random_weights([(f'conv{6 + i}', 256, 256, 3, 1, 1, 1) for i in range(8)], seed=9)
+  vgg_weights = {**caffe_weights, **{k: v for k, v in extra.items() if k.startswith('conv')}}
+  narrow = files.random_weights(files.CAFFE_CONVS, fc7_out=2048, seed=7)
+  cases = {
+      'truncated.caffemodel': (good_caffe[:len(good_caffe) // 2], ['truncated', 'after layer']),
+      'truncated.onnx': (good_onnx[:len(good_onnx) // 3], ['truncated']),
+      'notes.onnx': (b'not a model at all\n', ['not a readable ONNX model']),
+      'notes.caffemodel': (b'not a model at all\n', ['.caffemodel']),
+      'notes.safetensors': (b'not a model at all\n', ['.safetensors']),
+      'vgg.onnx': (files.zoo_graph(vgg_weights, extra_convs=8).SerializeToString(),
+                   ['not an AlexNet', '13 convolutions', 'conv6_w_0']),
+      'no_fc8.caffemodel': (files.caffemodel(caffe_weights, v1=False, drop=('fc8',)),
+                            ['no weights for fc8']),
+      'fc7_2048.caffemodel': (files.caffemodel(narrow, v1=True), ['fc7', '2048']),
+  }
+  paths = {}
+  for name, (content, words) in cases.items():
+    (base / name).write_bytes(content)
+    paths[name] = (base / name, words)
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  state = dict(torchvision_state)
+  state['classifier.4.weight'] = state['classifier.4.weight'][:2048]
+  state['classifier.4.bias'] = state['classifier.4.bias'][:2048]
+  save_file(state, str(base / 'fc7_2048.safetensors'))
+  paths['fc7_2048.safetensors'] = (base / 'fc7_2048.safetensors', ["fc7's weight", '(2048, 4096)'])
+  return paths
+
+
+@pytest.fixture(scope='module')
+def bad_files(tmp_path_factory, caffe_weights, zoo, torchvision_files):
+  return _bad_files(tmp_path_factory.mktemp('bad'), caffe_weights, zoo, torchvision_files[3])
+
+
+@pytest.mark.parametrize('case', ['truncated.caffemodel', 'truncated.onnx', 'notes.onnx',
+                                  'notes.caffemodel', 'notes.safetensors', 'vgg.onnx',
+                                  'no_fc8.caffemodel', 'fc7_2048.caffemodel',
+                                  'fc7_2048.safetensors'])
+def test_bad_file_is_one_error_line_and_writes_nothing(bad_files, tmp_path, capsys, case):
+  path, words = bad_files[case]
+  output = tmp_path / 'out.safetensors'
+  assert weights.main(['convert', str(path), str(output)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f'error: {path}'), err
+  for word in words:
+    assert word in err[0], err[0]
+  assert os.listdir(tmp_path) == []
+
+
+def test_wrong_preset_says_what_differs(zoo, capsys):
+  assert weights.main(['info', str(zoo['bvlc', 9]), '--preset', 'caffenet']) == 2
+  err = capsys.readouterr().err
+  assert "'caffenet' preset" in err and 'after conv1: the file has lrn' in err, err
+
+
+def test_command_line_converts_and_describes(tmp_path, zoo):
+  output = tmp_path / 'bvlc.safetensors'
+  run = lambda *a: subprocess.run([sys.executable, '-m', 'alexnet_jax.weights', *a],
+                                  capture_output=True, text=True, timeout=300,
+                                  env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  result = run('convert', str(zoo['bvlc', 12]), str(output))
+  assert result.returncode == 0, result.stderr
+  assert "preset 'bvlc'" in result.stdout and 'fc8.kernel' in result.stdout
+  assert '60,965,224' in result.stdout  # the paper's parameter count
+  info = run('info', str(output))
+  assert info.returncode == 0 and info.stdout.splitlines() == result.stdout.splitlines()[:-1]
