@@ -40,6 +40,7 @@ def _add_modes(p: argparse.ArgumentParser) -> None:
                  help='forward-only fp32 inference of a preset against ONNX Runtime and '
                       'PyTorch (eager, torch.compile), batch 1 and 64')
   p.add_argument('--preset', default='bvlc', help='with --inference: the network preset')
+  # --inference takes --configs from inference.INFERENCE_CONFIGS (default: all of them).
   p.add_argument('--gpu', action='store_true', help='the single-GPU benchmark (bf16, JAX)')
   p.add_argument('--dry-run', action='store_true',
                  help='with --gpu: tiny sizes on the CPU, to check the logic')
@@ -51,6 +52,7 @@ def _add_modes(p: argparse.ArgumentParser) -> None:
   p.add_argument('--data-dir', default=None, help='with --gpu: TFDS data_dir for the embedded set')
   p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   p.add_argument('--xla-flops', type=int, default=None, help=argparse.SUPPRESS)
+  p.add_argument('--inference-prepare', default=None, help=argparse.SUPPRESS)
 
 
 def parse_args(argv=None, description: str = ''):
@@ -135,6 +137,10 @@ def main(argv=None, description: str = '') -> dict | list | None:
   if args.xla_flops is not None:
     from experiments.bench import flops  # pylint: disable=g-import-not-at-top
     print(flops.xla_step_flops(args.xla_flops))
+    return None
+  if args.inference_prepare is not None:
+    from experiments.bench import inference  # pylint: disable=g-import-not-at-top
+    inference.prepare_main(args.inference_prepare)
     return None
   if args.gpu:
     from experiments.bench import gpu  # pylint: disable=g-import-not-at-top

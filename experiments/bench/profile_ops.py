@@ -24,7 +24,7 @@ def kernel_shapes(num_classes: int = 1000) -> dict[str, tuple]:
   model = model_lib.AlexNet(num_classes=num_classes)
   params = jax.eval_shape(model.init, jax.random.key(0),
                           jax.ShapeDtypeStruct((1, 227, 227, 3), jnp.float32))['params']
-  groups = {name: g for name, *_, g in model_lib.CONV_LAYERS}
+  groups = {name: g for name, *_, g in model.conv_layers}
   shapes = {}
   for name in model_lib.LAYER_NAMES:
     shape = tuple(params[name]['kernel'].shape)
