@@ -192,11 +192,12 @@ def _detail_table(rows: list[dict]) -> list[str]:
 
 def inference_markdown(data: dict) -> str:
   s = data['settings']
+  calls = ', '.join(f'{c} call(s) at batch {b}' for b, c in s['calls_per_step'].items())
   lines = [f'Forward-only inference, fp32, preset `{s["preset"]}`, the same random weights in '
            f'every framework (logits checked against XLA\'s reference within {s["check_rtol"]} '
            f'before timing); each configuration in its own process, alternated; median of '
            f'{s["timed_steps"]} timed steps after {s["warmup_steps"]} warm-up steps, a step '
-           f'being {", ".join(f"{c} call(s) at batch {b}" for b, c in s["calls_per_step"].items())}.',
+           f'being {calls}.',
            '', f'Command: `{data["command"]}` ({data["date"]})', '',
            f'Machine: {report.machine_line(data["machine"])}.', '']
   lines += report.rate_table(data['results'], s['batch_sizes']) + ['']

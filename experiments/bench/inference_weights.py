@@ -57,7 +57,8 @@ def prepare(workdir: str, preset: str, batch_sizes, seed: int = 0, with_twin: bo
   size = model_lib.PRESET_INPUTS[preset].input_size
   params = random_params(model, size, seed)
   np.savez(os.path.join(workdir, PARAMS_FILE),
-           **{f'{layer}/{leaf}': v for layer, leaves in params.items() for leaf, v in leaves.items()})
+           **{f'{layer}/{leaf}': value for layer, leaves in params.items()
+              for leaf, value in leaves.items()})
   export_onnx(os.path.join(workdir, ONNX_FILE), model, params)
   # The reference: XLA's own implementations of every op (not the speed options under test).
   reference = jax.jit(model.clone(**model_lib.XLA_NATIVE_IMPLS).apply)

@@ -38,7 +38,8 @@ def capture_layers(model, batch: int) -> dict[str, tuple]:
 
 
 def _pooled(shape: tuple) -> tuple:
-  from experiments.bench.flops import POOL_STRIDE, POOL_WINDOW  # pylint: disable=g-import-not-at-top
+  from experiments.bench.flops import POOL_STRIDE  # pylint: disable=g-import-not-at-top
+  from experiments.bench.flops import POOL_WINDOW  # pylint: disable=g-import-not-at-top
   n, h, w, c = shape
   return (n, (h - POOL_WINDOW) // POOL_STRIDE + 1, (w - POOL_WINDOW) // POOL_STRIDE + 1, c)
 
