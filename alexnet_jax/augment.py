@@ -34,7 +34,8 @@ try:  # The input pipeline runs on the host: TF must never take an accelerator f
 except RuntimeError:  # TF's runtime already started; whoever started it made this choice.
   pass
 
-# ImageNet statistics in [0, 1] pixel units (PAPER.md, "Data"; as published with fb.resnet.torch).
+# ImageNet statistics in [0, 1] pixel units (docs/paper.md, "Data"; as published with
+# fb.resnet.torch).
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 # Rows are R, G, B; column i is the eigenvector of eigenvalue i.

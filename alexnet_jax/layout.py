@@ -46,8 +46,8 @@ MESH_AXES = (DATA, MODEL)
 _CONV_SPLIT = {'kernel': P(None, None, None, MODEL), 'bias': P(MODEL)}
 _FC_SPLIT = {'kernel': P(None, MODEL), 'bias': P(MODEL)}
 _REPLICATED = {'kernel': P(), 'bias': P()}
-_CONVS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
-_FCS = ('fc6', 'fc7', 'fc8')
+_CONVS = tuple(row[0] for row in model_lib.CONV_LAYERS)
+_FCS = tuple(name for name, _ in model_lib.FC_LAYERS) + ('fc8',)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +180,13 @@ def check_model(model: model_lib.AlexNet, mesh: Mesh, layout: Layout) -> None:
     raise LayoutError(f'The towers layout runs LRN inside each tower, but model.lrn_groups='
                       f'{model.lrn_groups} lets LRN windows cross the boundary between the '
                       f'{m} towers; use lrn_groups=2 (the paper) or the one_weird_trick layout.')
-  for name, features in (('fc6', 4096), ('fc7', 4096), ('fc8', model.num_classes)):
+  for name, _, _, _, _, groups in model.conv_layers:
+    # Each device holds one tower: conv2, conv4 and conv5 must see that tower's maps only.
+    if layout.model_parallel_convs and name not in ('conv1', 'conv3') and groups % m:
+      raise LayoutError(f'The towers layout needs the two-tower network, but {name} has '
+                        f'{groups} group(s) (a single-tower preset such as torchvision); use '
+                        'the one_weird_trick layout.')
+  for name, features in model_lib.FC_LAYERS + (('fc8', model.num_classes),):
     if features % m:
       raise LayoutError(f'{name} has {features} outputs, which do not split over mesh.model='
                         f'{m} devices; choose a model axis size that divides it.')

@@ -572,3 +572,15 @@ def test_state_moves_from_data_parallel_to_towers_and_trains_on():
   moved, moved_metrics = _step(towers, host, inputs.train_batches[1])
   _assert_same_step(jax.device_get(moved), moved_metrics, stayed, stayed_metrics,
                     'data=2 -> towers model=2, step 2')
+
+
+def test_towers_refuse_single_tower_presets():
+  """torchvision's conv2/4/5 see every map (one group): a device holding one tower cannot run
+  them; the one weird trick (convs replicated) can. bvlc's LRN windows cross the towers."""
+  towers, trick = layout_lib.get_layout('towers'), layout_lib.get_layout('one_weird_trick')
+  torchvision = model_lib.preset('torchvision', num_classes=NUM_CLASSES)
+  with pytest.raises(layout_lib.LayoutError, match=r'conv2 has 1 group'):
+    layout_lib.check_model(torchvision, _mesh(1, 2), towers)
+  layout_lib.check_model(torchvision, _mesh(1, 2), trick)
+  with pytest.raises(layout_lib.LayoutError, match=r'lrn_groups=1 lets LRN windows cross'):
+    layout_lib.check_model(model_lib.preset('bvlc', num_classes=NUM_CLASSES), _mesh(1, 2), towers)
