@@ -47,9 +47,20 @@ def our_logits(model, variables, images):
   return np.asarray(_jitted(model)(variables, images))
 
 
+@functools.lru_cache(maxsize=None)
+def _session(path):
+  return ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+
+
 def ort_run(path, nchw, output=0):
-  session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+  session = _session(str(path))
   return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(nchw)})[output]
+
+
+@functools.lru_cache(maxsize=None)
+def loaded(path):
+  """``weights.load(path)`` once per file (the stand-in files are read by several tests)."""
+  return weights.load(path)
 
 
 def rgb_images(size, n=4, seed=1):
@@ -72,17 +83,26 @@ def caffe_weights():
   return files.random_weights(files.CAFFE_CONVS)
 
 
+class _Zoo:
+  """zoo[('bvlc'|'caffenet', opset)]: the path of a zoo-structured graph, written when first
+  asked for (each is ~240 MB)."""
+
+  def __init__(self, base, caffe_weights):
+    self.base, self.weights, self.paths = base, caffe_weights, {}
+
+  def __getitem__(self, key):
+    if key not in self.paths:
+      name, opset = key
+      path = self.base / f'{name}-{opset}.onnx'
+      onnx.save(files.zoo_graph(self.weights, lrn_after_pool=name == 'caffenet', opset=opset),
+                path)
+      self.paths[key] = path
+    return self.paths[key]
+
+
 @pytest.fixture(scope='module')
 def zoo(tmp_path_factory, caffe_weights):
-  """{('bvlc'|'caffenet', opset): path} of zoo-structured graphs with the same weights."""
-  base = tmp_path_factory.mktemp('zoo')
-  paths = {}
-  for name, after in (('bvlc', False), ('caffenet', True)):
-    for opset in (9, 12):
-      path = base / f'{name}-{opset}.onnx'
-      onnx.save(files.zoo_graph(caffe_weights, lrn_after_pool=after, opset=opset), path)
-      paths[name, opset] = path
-  return paths
+  return _Zoo(tmp_path_factory.mktemp('zoo'), caffe_weights)
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,7 +111,7 @@ def zoo(tmp_path_factory, caffe_weights):
 @pytest.mark.parametrize('name,opset', [('bvlc', 9), ('bvlc', 12), ('caffenet', 9)])
 def test_zoo_graph_matches_onnx_runtime(zoo, name, opset):
   path = zoo[name, opset]
-  model, variables = weights.load(path)
+  model, variables = loaded(path)
   assert weights.preset_of(model) == (name, {})
   assert model.num_classes == 1000
   images = rgb_images(227)
@@ -106,7 +126,7 @@ def test_zoo_graph_matches_onnx_runtime(zoo, name, opset):
 
 def test_keep_bgr_takes_the_files_channel_order(zoo):
   path = zoo['bvlc', 9]
-  _, rgb = weights.load(path)
+  _, rgb = loaded(path)
   model, bgr = weights.load(path, bgr_to_rgb=False)
   np.testing.assert_array_equal(bgr['params']['conv1']['kernel'],
                                 rgb['params']['conv1']['kernel'][:, :, ::-1, :])
@@ -121,7 +141,7 @@ def test_caffemodel_loads_bit_identical_to_the_onnx_path(tmp_path, zoo, caffe_we
   path = tmp_path / f'{name}.caffemodel'
   path.write_bytes(files.caffemodel(caffe_weights, v1=v1, lrn_after_pool=name == 'caffenet'))
   model, variables = weights.load(path)
-  onnx_model, onnx_variables = weights.load(zoo[name, 9])
+  onnx_model, onnx_variables = loaded(zoo[name, 9])
   assert model == onnx_model
   assert same_params(variables, onnx_variables)
 
@@ -180,7 +200,7 @@ def torchvision_files(tmp_path_factory):
 @pytest.mark.parametrize('kind', ['onnx', 'pth', 'safetensors'])
 def test_torchvision_files_match_torch(torchvision_files, kind):
   base, images, torch_logits, _ = torchvision_files
-  model, variables = weights.load(base / f'alexnet.{kind}')
+  model, variables = loaded(base / f'alexnet.{kind}')
   assert weights.preset_of(model) == ('torchvision', {})
   assert_logits_close(our_logits(model, variables, images), torch_logits)
   if kind == 'onnx':
@@ -194,27 +214,27 @@ def test_torchvision_files_match_torch(torchvision_files, kind):
 # --------------------------------------------------------------------------------------------
 def test_our_format_round_trips_and_is_plain_safetensors(tmp_path, zoo):
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  model, variables = weights.load(zoo['caffenet', 9])
+  model, variables = loaded(zoo['caffenet', 9])
   path = tmp_path / 'caffenet.safetensors'
   weights.save(path, model, variables)
-  again, loaded = weights.load(path)
-  assert again == model and same_params(loaded, variables)
+  again, reloaded = weights.load(path)
+  assert again == model and same_params(reloaded, variables)
   # Another reader sees our layout under plain names.
   other = load_file(str(path))
   np.testing.assert_array_equal(other['fc6.kernel'], variables['params']['fc6']['kernel'])
   tuned = model_lib.preset('torchvision', num_classes=7)
   params = tuned.init(jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32))
   weights.save(tmp_path / 'tuned.safetensors', tuned, params)
-  again, loaded = weights.load(tmp_path / 'tuned.safetensors')
-  assert again == tuned and same_params(loaded, params)
+  again, reloaded = weights.load(tmp_path / 'tuned.safetensors')
+  assert again == tuned and same_params(reloaded, params)
 
 
 @pytest.mark.parametrize('source', ['bvlc', 'torchvision', 'paper'])
 def test_export_runs_in_onnx_runtime_with_our_logits(tmp_path, zoo, torchvision_files, source):
   if source == 'bvlc':
-    model, variables = weights.load(zoo['bvlc', 9])
+    model, variables = loaded(zoo['bvlc', 9])
   elif source == 'torchvision':
-    model, variables = weights.load(torchvision_files[0] / 'alexnet.safetensors')
+    model, variables = loaded(torchvision_files[0] / 'alexnet.safetensors')
   else:  # the paper's per-tower LRN: Split -> LRN -> Concat in ONNX
     model = model_lib.preset('paper')
     variables = model.init(jax.random.key(1), np.zeros((1, 227, 227, 3), np.float32))
@@ -225,8 +245,8 @@ def test_export_runs_in_onnx_runtime_with_our_logits(tmp_path, zoo, torchvision_
   ours = our_logits(model, variables, images)
   assert_logits_close(ort_run(path, nchw(images)), ours)
   assert_logits_close(ort_run(path, nchw(images[:1])), ours[:1])
-  again, loaded = weights.load(path)  # our export reads back as itself (RGB, same preset)
-  assert again == model and same_params(loaded, variables)
+  again, reloaded = weights.load(path)  # our export reads back as itself (RGB, same preset)
+  assert again == model and same_params(reloaded, variables)
 
 
 def test_a_runs_checkpoint_exports_to_onnx(tmp_path_factory, tmp_path):
