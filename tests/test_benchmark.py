@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import model as model_lib
+from alexnet_jax.ops import conv as conv_ops
 from experiments.bench import configs
 from experiments.bench import flops as flops_lib
 from experiments.bench import gpu
@@ -258,7 +259,7 @@ def test_conv1_gemm_forms_equal_the_convolution():
   rng = np.random.default_rng(0)
   x = rng.normal(0, 60, (2, 67, 67, 3)).astype(np.float32)
   kernel = rng.normal(0, 0.01, (11, 11, 3, 96)).astype(np.float32)
-  want = np.asarray(model_lib.space_to_depth_conv(x, kernel, 4))
+  want = np.asarray(conv_ops.space_to_depth_conv(x, kernel, 4))
   np.testing.assert_array_equal(conv1_gemm.im2col_gemm(x, kernel), want)
   np.testing.assert_allclose(conv1_gemm.per_tap_gemms(x, kernel), want, rtol=1e-5,
                              atol=1e-5 * np.abs(want).max())

@@ -3,7 +3,7 @@
 The benchmark builds no convolution of its own: it records the conv and dense modules that
 ``AlexNet.__call__`` creates (with the implementation options the model chose for them) and
 their input and output shapes, and applies those modules. LRN and pooling run through the
-model's public functions with the model's own constants and resolved options.
+model's kernels (``alexnet_jax.ops``) with the model's own constants and resolved options.
 """
 
 from __future__ import annotations
@@ -66,18 +66,18 @@ def block_shapes(model, batch: int) -> dict[str, tuple]:
 
 def lrn_fn(model) -> Callable:
   """The model's LRN (its constants, tower groups and resolved implementation) as a function."""
-  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.ops import lrn  # pylint: disable=g-import-not-at-top
   impls = model.impls()
-  return lambda x: model_lib.local_response_norm(
+  return lambda x: lrn.local_response_norm(
       x, model.lrn_size, model.lrn_k, model.lrn_alpha, model.lrn_beta, model.lrn_groups,
       impls['lrn_impl'], impls['lrn_grad'])
 
 
 def pool_fn(model) -> Callable:
   """The model's max-pool (its resolved implementation) as a function."""
-  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.ops import pool  # pylint: disable=g-import-not-at-top
   impl = model.impls()['pool_impl']
-  return lambda x: model_lib.max_pool(x, impl=impl)
+  return lambda x: pool.max_pool(x, impl=impl)
 
 
 def layer_fn(module) -> Callable:
