@@ -35,7 +35,9 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 from alexnet_jax import report  # noqa: E402  (after the path above)
+from experiments.bench import report as bench_report  # noqa: E402
 from experiments.bench import steps as bench_steps  # noqa: E402
+from experiments.bench.configs import user_error  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join('alexnet_jax', 'configs', 'default.py')
 RESULTS = os.path.join(REPO, 'experiments', 'results')
@@ -165,15 +167,15 @@ def parse_args(argv=None):
 def _check_runs_dir(runs_dir: str, seeds) -> None:
   taken = [s for s in seeds if os.path.exists(os.path.join(runs_dir, f'seed_{s}'))]
   if taken:
-    print(f'error: {runs_dir} already holds seed_{taken[0]}: a run there would resume, not '
-          'start afresh; remove it or pass another --runs-dir.', file=sys.stderr)
-    sys.exit(2)
+    user_error(f'{runs_dir} already holds seed_{taken[0]}: a run there would resume, not '
+               'start afresh; remove it or pass another --runs-dir.')
   os.makedirs(runs_dir, exist_ok=True)
 
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
   runs_dir = os.path.abspath(args.runs_dir)
+  bench_report.check_readme(args.readme, README_START, README_END)
   _check_runs_dir(runs_dir, args.seeds)
   log = lambda m: print(m, file=sys.stderr, flush=True)
   machine = bench_steps.machine_info(('jax', 'jaxlib', 'flax'))
@@ -192,7 +194,6 @@ def main(argv=None) -> dict:
 
 
 def write_results(data: dict, table: str, args) -> None:
-  from experiments.bench import report as bench_report  # pylint: disable=g-import-not-at-top
   bench_report.write_outputs(data, table, args.json, args.markdown)
   if args.readme:
     bench_report.update_readme(args.readme, table, README_START, README_END)

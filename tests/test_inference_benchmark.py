@@ -85,6 +85,12 @@ def test_table_and_goal_lines():
   assert '0.83x the fastest other (te, 60.0)' in line and 'behind' in line
 
 
-def test_unknown_configuration_is_a_user_error():
-  with pytest.raises(SystemExit, match='unknown inference configuration'):
+def test_unknown_configuration_or_preset_is_a_user_error(capsys):
+  with pytest.raises(SystemExit) as exit_info:
     inference.select_configs(['nope'], [], print)
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err.startswith('error: unknown inference configuration')
+  with pytest.raises(SystemExit) as exit_info:
+    inference.check_preset('torchvision', with_twin=True)
+  assert exit_info.value.code == 2 and 'twin' in capsys.readouterr().err
+  inference.check_preset('torchvision', with_twin=False)  # ONNX Runtime and JAX only: fine

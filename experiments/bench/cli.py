@@ -118,6 +118,7 @@ def train_step_main(args):
   """The default mode: the training step of every configuration, alternated."""
   from experiments.bench import steps  # pylint: disable=g-import-not-at-top
   configs = [configs_lib.parse_config(c) for c in args.configs]
+  report.check_readme(args.readme)
   data = steps.run_benchmark(configs, args.batch_sizes or [32, 128], args.steps, args.warmup,
                              args.matmul_size or 4096, args.gap,
                              log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 from alexnet_jax import xla_flags  # No JAX import: the workers choose the flags.
 
@@ -71,6 +72,12 @@ def parse_config(text: str) -> Config:
   raise SystemExit(f'Unknown configuration {text!r}: use one of {sorted(PRESETS)} or '
                    'name={"kind": ..., "label": ..., "model": {...}, "xla_flags": ...} '
                    '(or {"base": "<preset>", ...}).')
+
+
+def user_error(message: str):
+  """Ends the run with ``error: <message>`` and exit status 2 (a mistake in the command)."""
+  print(f'error: {message}', file=sys.stderr)
+  raise SystemExit(2)
 
 
 def torch_available() -> bool:

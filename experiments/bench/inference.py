@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from experiments.bench import configs as configs_lib
 from experiments.bench import report
 from experiments.bench import steps as steps_lib
 from experiments.bench import workers as workers_lib
@@ -116,8 +117,8 @@ def select_configs(names, notes: list[str], log) -> list[Config]:
   import importlib.util  # pylint: disable=g-import-not-at-top
   unknown = [n for n in names if n not in INFERENCE_CONFIGS]
   if unknown:
-    raise SystemExit(f'error: unknown inference configuration(s) {unknown}: use '
-                     f'{", ".join(INFERENCE_CONFIGS)}.')
+    configs_lib.user_error(f'unknown inference configuration(s) {unknown}: use '
+                           f'{", ".join(INFERENCE_CONFIGS)}.')
   configs = [INFERENCE_CONFIGS[n] for n in names]
   library = {'infer_torch': 'torch', 'infer_onnxruntime': 'onnxruntime'}
   missing = {c.name: library[c.kind] for c in configs
@@ -127,6 +128,19 @@ def select_configs(names, notes: list[str], log) -> list[Config]:
                  f'{", ".join(missing)}.')
     log('NOTE: ' + notes[-1])
   return [c for c in configs if c.name not in missing]
+
+
+def check_preset(preset: str, with_twin: bool) -> None:
+  """A user error, before any work, for an unknown preset or one the PyTorch twin lacks."""
+  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  if preset not in model_lib.PRESETS:
+    configs_lib.user_error(f'unknown preset {preset!r}: use one of '
+                           f'{", ".join(model_lib.PRESETS)}.')
+  if with_twin and {'conv_layers', 'avg_pool_size', 'dropout_before_fc'} & set(
+      model_lib.PRESETS[preset]):
+    configs_lib.user_error(f'the PyTorch twin has the paper\'s layer table only, not preset '
+                           f'{preset!r}: pick paper, bvlc or caffenet, or leave PyTorch out '
+                           '(--configs jax onnxruntime ...).')
 
 
 def inference_row(config: Config, batch: int, info: dict, timed: list[dict], end: dict) -> dict:
@@ -212,12 +226,13 @@ def inference_markdown(data: dict) -> str:
 
 def main(args) -> dict:
   """``--inference``: the run, its table on stdout, JSON, ``--markdown`` and ``--readme``."""
-  from experiments.bench import configs as configs_lib  # pylint: disable=g-import-not-at-top
   log = lambda m: print(m, file=sys.stderr, flush=True)
   names = (list(INFERENCE_CONFIGS) if list(args.configs) == list(configs_lib.DEFAULT_CONFIGS)
            else args.configs)
   notes = []
   configs = select_configs(names, notes, log)
+  check_preset(args.preset, with_twin=any(c.kind == 'infer_torch' for c in configs))
+  report.check_readme(args.readme, README_START, README_END)
   data = run_inference(configs, args.preset, args.batch_sizes or [1, 64], args.steps,
                        args.warmup, args.gap, log, notes)
   table = inference_markdown(data)

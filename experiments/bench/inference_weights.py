@@ -35,8 +35,8 @@ def twin_options(model) -> dict:
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   if (tuple(model.conv_layers) != model_lib.CONV_LAYERS or model.avg_pool_size is not None
       or model.dropout_before_fc):
-    raise SystemExit('error: the PyTorch twin has the paper\'s layer table only; pick a preset '
-                     'with it (paper, bvlc, caffenet) or leave PyTorch out (--configs).')
+    # The command line refuses such presets first (inference.check_preset).
+    raise ValueError('The PyTorch twin has the paper\'s layer table only.')
   return {'num_classes': model.num_classes, 'use_lrn': model.use_lrn,
           'lrn_after_pool': model.lrn_after_pool, 'lrn_groups': model.lrn_groups,
           'lrn_size': model.lrn_size, 'lrn_k': model.lrn_k, 'lrn_alpha': model.lrn_alpha,

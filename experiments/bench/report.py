@@ -109,6 +109,20 @@ def markdown_report(data: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def check_readme(path: str | None, start: str = README_START, end: str = README_END) -> None:
+  """Before a run: a user error if ``--readme`` names a file without the section's markers."""
+  if path is None:
+    return
+  from experiments.bench.configs import user_error  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+  except OSError as e:
+    user_error(f'cannot read --readme {path}: {e.strerror}.')
+  if start not in text or end not in text:
+    user_error(f'{path} has no {start} ... {end} section for the table: add the two markers.')
+
+
 def update_readme(path: str, table: str, start: str = README_START,
                   end: str = README_END) -> None:
   """Replaces the text between the ``start`` and ``end`` markers of ``path`` with ``table``."""
