@@ -1,7 +1,9 @@
 """AlexNet (Krizhevsky, Sutskever and Hinton, NIPS 2012) as pure Flax linen modules.
 
 This module imports only jax, numpy and flax: other JAX projects can ``import
-alexnet_jax.model`` without pulling in TensorFlow, the input pipeline or training code.
+alexnet_jax.model`` without pulling in TensorFlow, the input pipeline or training code. The
+kernels (LRN, pooling, the tower convolution and their fast paths) live beside it in
+``alexnet_jax.ops`` and are re-exported here.
 
 The network (input NHWC float images of 227x227x3, output logits)::
 
