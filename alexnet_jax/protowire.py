@@ -30,6 +30,7 @@ class Span:
   data: memoryview
   start: int
   end: int
+  cut: bool = False  # the file ends inside this field (only from a ``partial`` read)
 
   def bytes(self) -> bytes:
     return bytes(self.data[self.start:self.end])
@@ -37,8 +38,8 @@ class Span:
   def text(self) -> str:
     return self.bytes().decode('utf-8', errors='replace')
 
-  def message(self) -> dict[int, list]:
-    return read_message(self.data, self.start, self.end)
+  def message(self, partial: bool = False) -> dict[int, list]:
+    return read_message(self.data, self.start, self.end, partial)
 
   def floats(self, dtype='<f4') -> np.ndarray:
     """A packed float (or double) array as a read-only numpy view (no copy)."""
@@ -77,12 +78,14 @@ def read_message(data: memoryview, start: int = 0, end: int | None = None,
   """``{field_number: [values in file order]}`` of the message in ``data[start:end]``.
 
   With ``partial`` a broken field ends the reading instead of raising: the fields before it are
-  returned, and the error under the key 0 (no real field has number 0).
+  returned, and the error under the key 0 (no real field has number 0); a length-delimited
+  field that the data ends inside is kept as a ``cut`` Span of what there is (its name, which
+  comes first in the messages we read, tells a truncated file's reader where it broke off).
   """
   end = len(data) if end is None else end
   fields: dict[int, list] = {}
   try:
-    _read_fields(data, start, end, fields)
+    _read_fields(data, start, end, fields, partial)
   except WireError as e:
     if not partial:
       raise
@@ -90,7 +93,8 @@ def read_message(data: memoryview, start: int = 0, end: int | None = None,
   return fields
 
 
-def _read_fields(data: memoryview, pos: int, end: int, fields: dict[int, list]) -> None:
+def _read_fields(data: memoryview, pos: int, end: int, fields: dict[int, list],
+                 partial: bool) -> None:
   while pos < end:
     key, pos = _varint(data, pos, end)
     number, wire_type = key >> 3, key & 7
@@ -106,6 +110,8 @@ def _read_fields(data: memoryview, pos: int, end: int, fields: dict[int, list]) 
     elif wire_type == 2:
       length, pos = _varint(data, pos, end)
       if pos + length > end:
+        if partial:
+          fields.setdefault(number, []).append(Span(data, pos, end, cut=True))
         raise WireError('a length-delimited field runs past the end of its message')
       value, pos = Span(data, pos, pos + length), pos + length
     else:  # 3, 4 (groups, unused since proto2's early days), 6, 7: not protobuf we can read.
@@ -158,3 +164,16 @@ def repeated_floats(fields: dict[int, list], number: int, dtype='<f4') -> np.nda
 def signed(value: int) -> int:
   """A varint read as a two's-complement int64 (negative int32/int64 fields)."""
   return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def cut_name(fields: dict[int, list], path: tuple[tuple[int, int], ...]) -> str | None:
+  """The name of the innermost message along ``path`` (``((field, name_field), ...)``, outer
+  message first) when the data ends inside each of them; else None."""
+  name = None
+  for number, name_field in path:
+    values = fields.get(number) or [None]
+    if not (isinstance(values[-1], Span) and values[-1].cut):
+      return None
+    fields = values[-1].message(partial=True)
+    name = text(fields, name_field)
+  return name or None

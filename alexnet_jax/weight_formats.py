@@ -149,9 +149,10 @@ def _caffe_op(kind: str, layer: dict, fields: tuple) -> Op:
   _, _, _, conv_f, lrn_f, pool_f = fields
   if kind == 'Convolution':
     p = pw.first(layer, conv_f).message() if conv_f in layer else {}
-    pad = (pw.repeated_ints(p, 3) or [0])[0]
-    return conv_op(pw.first(p, 1, 0), (pw.repeated_ints(p, 4) or [0])[0],
-                   (pw.repeated_ints(p, 6) or [1])[0], (pad,) * 4, pw.first(p, 5, 1))
+    # pad 3, kernel_size 4, stride 6 (or their _h forms: pad_h 9, kernel_h 11, stride_h 13)
+    pad, kernel, stride = ((pw.repeated_ints(p, n) or pw.repeated_ints(p, h) or [default])[0]
+                           for n, h, default in ((3, 9, 0), (4, 11, 0), (6, 13, 1)))
+    return conv_op(pw.first(p, 1, 0), kernel, stride, (pad,) * 4, pw.first(p, 5, 1))
   if kind == 'LRN':  # ACROSS_CHANNELS (0) runs over all channels; WITHIN_CHANNEL is spatial.
     p = pw.first(layer, lrn_f).message() if lrn_f in layer else {}
     size = pw.first(p, 1, 5)
@@ -171,6 +172,9 @@ def read_caffemodel(path: str) -> Source:
     net = pw.read_message(data, partial=True)
     key = 'layer' if 100 in net else 'layers'
     fields = _LAYER_FIELDS[key]
+    if 0 in net:
+      cut = pw.cut_name(net, ((100 if key == 'layer' else 2, fields[0]),))
+      raise pw.WireError(f"layer '{cut}' is cut off" if cut else str(net[0][0]))
     found, ops = [], []
     for span in net.get(100 if key == 'layer' else 2, []):
       layer = span.message()
@@ -188,9 +192,6 @@ def read_caffemodel(path: str) -> Source:
         if rank == 2:
           ops.append(Op('fc', (('out', int(weight.shape[0])),)))
         found.append(('conv' if rank == 4 else 'fc', name, {'weight': weight, 'bias': bias}))
-    if 0 in net:
-      last = f"after layer '{name}'" if found or ops else 'before its first layer'
-      raise pw.WireError(f'{last}: {net[0][0]}')
   except pw.WireError as e:
     raise _error(path, f'not a readable .caffemodel (truncated or not a Caffe NetParameter: '
                  f'{e}).') from None
@@ -322,12 +323,23 @@ def read_onnx_graph(path: str, use_package: bool | None = None) -> OnnxGraph:
       use_package = False
   try:
     return _onnx_by_package(path) if use_package else _onnx_by_wire(path)
-  except (pw.WireError, ValueError) as e:
-    raise _error(path, f'not a readable ONNX model (truncated or not ONNX: {e}).') from None
   except Exception as e:  # pylint: disable=broad-except  (protobuf's DecodeError and kin)
-    if type(e).__name__ in ('DecodeError', 'ValidationError'):
-      raise _error(path, f'not a readable ONNX model (truncated or not ONNX: {e}).') from None
-    raise
+    if not isinstance(e, ValueError) and type(e).__name__ not in ('DecodeError',
+                                                                  'ValidationError'):
+      raise
+    where = _onnx_cut(path)
+    raise _error(path, f'not a readable ONNX model (truncated or not ONNX: '
+                 f'{where or str(e) or type(e).__name__}).') from None
+
+
+def _onnx_cut(path: str) -> str | None:
+  """Where a truncated ONNX file breaks off: the initializer or node it ends inside."""
+  model = pw.read_message(pw.map_file(path), partial=True)
+  for what, field, name_field in (('initializer', 5, 8), ('node', 1, 3)):
+    name = pw.cut_name(model, ((7, 2), (field, name_field)))
+    if name:
+      return f"{what} '{name}' is cut off"
+  return None
 
 
 # Ops that only move or reshape data (or act only in training): not part of the comparison.

@@ -480,15 +480,16 @@ def _parse_args(argv: list[str]):
 def main(argv: list[str] | None = None) -> int:
   args = _parse_args(sys.argv[1:] if argv is None else argv)
   try:
+    writer = None
+    if args.command == 'convert':
+      writer = {'.onnx': export_onnx, '.safetensors': save}.get(
+          os.path.splitext(args.output)[1].lower())
+      if writer is None:
+        raise WeightsError(f'{args.output}: write .safetensors (our format) or .onnx.')
     model, variables = load(args.source, bgr_to_rgb=not args.keep_bgr, preset=args.preset)
     print(table(model, variables))
-    if args.command == 'convert':
-      if os.path.splitext(args.output)[1].lower() == '.onnx':
-        export_onnx(args.output, model, variables)
-      elif os.path.splitext(args.output)[1].lower() == '.safetensors':
-        save(args.output, model, variables)
-      else:
-        raise WeightsError(f'{args.output}: write .safetensors (our format) or .onnx.')
+    if writer is not None:
+      writer(args.output, model, variables)
       print(f'wrote {args.output}')
   except (WeightsError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -24,8 +24,9 @@ from alexnet_jax import weights
 
 import weight_files as files
 
-onnx = pytest.importorskip('onnx')
-ort = pytest.importorskip('onnxruntime')
+onnx = pytest.importorskip('onnx', reason='weight parity tests need onnx: pip install -e ".[compare]"')
+ort = pytest.importorskip('onnxruntime',
+                          reason='weight parity tests need onnxruntime: pip install -e ".[compare]"')
 
 RTOL = 1e-4
 
@@ -70,6 +71,17 @@ def rgb_images(size, n=4, seed=1):
 
 def nchw(images, bgr=False):
   return (images[..., ::-1] if bgr else images).transpose(0, 3, 1, 2)
+
+
+def random_params(model, seed=0):
+  """He-scaled random params of the model's shapes (numpy: no init compile, no eager init)."""
+  rng = np.random.default_rng(seed)
+  shapes = weights.expected_shapes(model)
+  def draw(shape):  # kernels HWIO / (in, out): the fan-in is all but the last axis
+    scale = np.sqrt(2.0 / np.prod(shape[:-1])) if len(shape) > 1 else 0.1
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+  return {'params': {layer: {part: draw(shape) for part, shape in parts.items()}
+                     for layer, parts in shapes.items()}}
 
 
 def same_params(a, b) -> bool:
@@ -223,7 +235,7 @@ def test_our_format_round_trips_and_is_plain_safetensors(tmp_path, zoo):
   other = load_file(str(path))
   np.testing.assert_array_equal(other['fc6.kernel'], variables['params']['fc6']['kernel'])
   tuned = model_lib.preset('torchvision', num_classes=7)
-  params = tuned.init(jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32))
+  params = random_params(tuned)
   weights.save(tmp_path / 'tuned.safetensors', tuned, params)
   again, reloaded = weights.load(tmp_path / 'tuned.safetensors')
   assert again == tuned and same_params(reloaded, params)
@@ -237,7 +249,7 @@ def test_export_runs_in_onnx_runtime_with_our_logits(tmp_path, zoo, torchvision_
     model, variables = loaded(torchvision_files[0] / 'alexnet.safetensors')
   else:  # the paper's per-tower LRN: Split -> LRN -> Concat in ONNX
     model = model_lib.preset('paper')
-    variables = model.init(jax.random.key(1), np.zeros((1, 227, 227, 3), np.float32))
+    variables = random_params(model, seed=1)
   size = weights.input_size(model)
   images = rgb_images(size) / (60.0 if source == 'torchvision' else 1.0)
   path = tmp_path / f'{source}.onnx'
@@ -274,18 +286,20 @@ def _bad_files(base, caffe_weights, zoo, torchvision_state):
   """{case: (path, words the error must contain)}."""
   good_onnx = zoo['bvlc', 9].read_bytes()
   good_caffe = files.caffemodel(caffe_weights, v1=True)
+  # Structure errors come before shape checks: small fc layers keep these files small.
+  small = files.random_weights(files.CAFFE_CONVS, fc=16, seed=8)
   extra = files.random_weights([(f'conv{6 + i}', 256, 256, 3, 1, 1, 1) for i in range(8)], seed=9)
-  vgg_weights = {**caffe_weights, **{k: v for k, v in extra.items() if k.startswith('conv')}}
+  vgg_weights = {**small, **{k: v for k, v in extra.items() if k.startswith('conv')}}
   narrow = files.random_weights(files.CAFFE_CONVS, fc7_out=2048, seed=7)
   cases = {
-      'truncated.caffemodel': (good_caffe[:len(good_caffe) // 2], ['truncated', 'after layer']),
-      'truncated.onnx': (good_onnx[:len(good_onnx) // 3], ['truncated']),
+      'truncated.caffemodel': (good_caffe[:len(good_caffe) // 2], ['truncated', "layer 'fc6' is cut off"]),
+      'truncated.onnx': (good_onnx[:len(good_onnx) // 3], ['truncated', "initializer 'fc6_w_0' is cut off"]),
       'notes.onnx': (b'not a model at all\n', ['not a readable ONNX model']),
       'notes.caffemodel': (b'not a model at all\n', ['.caffemodel']),
       'notes.safetensors': (b'not a model at all\n', ['.safetensors']),
       'vgg.onnx': (files.zoo_graph(vgg_weights, extra_convs=8).SerializeToString(),
                    ['not an AlexNet', '13 convolutions', 'conv6_w_0']),
-      'no_fc8.caffemodel': (files.caffemodel(caffe_weights, v1=False, drop=('fc8',)),
+      'no_fc8.caffemodel': (files.caffemodel(small, v1=False, drop=('fc8',)),
                             ['no weights for fc8']),
       'fc7_2048.caffemodel': (files.caffemodel(narrow, v1=True), ['fc7', '2048']),
   }
