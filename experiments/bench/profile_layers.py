@@ -40,10 +40,10 @@ PROFILE_VARIANTS = {
 def _model(options: dict):
   """AlexNet with ``options`` over its defaults (unset options: the model's own 'auto')."""
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from experiments.bench.runners import _jax_dtype  # pylint: disable=g-import-not-at-top
+  from experiments.bench.runners import jax_dtype  # pylint: disable=g-import-not-at-top
   options = dict(options)
   if 'dtype' in options:
-    options['dtype'] = _jax_dtype(options['dtype'])
+    options['dtype'] = jax_dtype(options['dtype'])
   return model_lib.AlexNet(**options)
 
 

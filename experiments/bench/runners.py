@@ -12,7 +12,8 @@ from experiments.bench.configs import LEARNING_RATE
 from experiments.bench.configs import Config
 
 
-def _jax_dtype(name):
+def jax_dtype(name):
+  """A dtype name of a configuration (or None, "none") as a JAX dtype."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   return None if name in (None, 'none') else jnp.dtype(name)
 
@@ -39,7 +40,7 @@ class JaxTrainRunner:
     from alexnet_jax import train  # pylint: disable=g-import-not-at-top
     kwargs = dict(self.model_kwargs)
     if 'dtype' in kwargs:
-      kwargs['dtype'] = _jax_dtype(kwargs['dtype'])
+      kwargs['dtype'] = jax_dtype(kwargs['dtype'])
     model = model_lib.AlexNet(num_classes=self.num_classes, **kwargs)
     tx = optim.sgd_with_injected_lr(LEARNING_RATE)
     self.state = train.create_train_state(jax.random.key(0), model, tx)
