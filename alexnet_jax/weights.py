@@ -150,8 +150,11 @@ def plan_differences(ops: list[Op], model: model_lib.AlexNet) -> list[str]:
 
 
 def _num_classes(source: Source) -> int:
-  fc8 = source.tensors['fc8']
-  return int(fc8['weight'].shape[0] if source.layout == 'oihw' else fc8['kernel'].shape[1])
+  oihw = source.layout == 'oihw'
+  weight = source.tensors.get('fc8', {}).get('weight' if oihw else 'kernel')
+  if weight is None or np.ndim(weight) != 2:
+    raise WeightsError(f'{source.path}: no weights for fc8 (its kernel is missing or not 2-D).')
+  return int(weight.shape[0] if oihw else weight.shape[1])
 
 
 def choose_model(source: Source, preset: str | None = None, **overrides) -> model_lib.AlexNet:
@@ -200,11 +203,16 @@ def _file_shape(name: str, ours: tuple) -> tuple:
   return (ours[3], ours[2], ours[0], ours[1]) if len(ours) == 4 else (ours[1], ours[0])
 
 
-def from_file_layout(name: str, weight: np.ndarray, expected, flip_bgr: bool) -> np.ndarray:
-  """OIHW -> HWIO, (out, in) -> (in, out), fc6's CHW flatten -> HWC, conv1's BGR -> RGB."""
+def from_file_layout(name: str, weight: np.ndarray, expected, flip_bgr: bool,
+                     layout: str = 'oihw') -> np.ndarray:
+  """OIHW -> HWIO, (out, in) -> (in, out), fc6's CHW flatten -> HWC (layout 'oihw'; 'ours'
+  is already ours), and conv1's input channels reversed with ``flip_bgr`` (BGR -> RGB)."""
+  if name == 'conv1' and flip_bgr:
+    return from_file_layout(name, weight, expected, False, layout)[:, :, ::-1, :]
+  if layout == 'ours':
+    return weight
   if weight.ndim == 4:
-    kernel = weight.transpose(2, 3, 1, 0)
-    return kernel[:, :, ::-1, :] if flip_bgr and name == 'conv1' else kernel
+    return weight.transpose(2, 3, 1, 0)
   if name == 'fc6':
     channels, side = _fc6_map(expected)
     return weight.reshape(-1, channels, side, side).transpose(2, 3, 1, 0).reshape(
@@ -241,8 +249,9 @@ def to_params(source: Source, model: model_lib.AlexNet, bgr_to_rgb: bool = True)
         raise WeightsError(
             f"{source.path}: {layer}'s {key} has shape {array.shape} where the "
             f"'{preset_of(model)[0]}' preset needs {want}.")
-      if source.layout == 'oihw' and part == 'kernel':
-        array = from_file_layout(layer, array, expected, flip_bgr=source.bgr and bgr_to_rgb)
+      if part == 'kernel':
+        array = from_file_layout(layer, array, expected, source.bgr and bgr_to_rgb,
+                                 source.layout)
       params[layer][part] = np.ascontiguousarray(array)
   return params
 
@@ -276,7 +285,7 @@ def read_ours(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str
     layer, _, part = name.partition('.')
     layers.setdefault(layer, {})[part] = array
   return Source(path, 'alexnet_jax', layers, layout='ours', preset=metadata.get('preset'),
-                overrides=overrides)
+                overrides=overrides, bgr=metadata.get('channel_order') == 'BGR')
 
 
 def _run_dirs(path: str) -> tuple[str, str | None]:
@@ -355,6 +364,15 @@ def read(path: str) -> Source:
 # --------------------------------------------------------------------------------------------
 # The API
 # --------------------------------------------------------------------------------------------
+def _load(path, bgr_to_rgb: bool, preset: str | None, **overrides):
+  """(model, variables, the channel order the model takes)."""
+  source = read(os.fspath(path))
+  model = choose_model(source, preset, **overrides)
+  params = to_params(source, model, bgr_to_rgb)
+  order = 'BGR' if source.bgr and not bgr_to_rgb else 'RGB'
+  return model, {'params': jax.tree_util.tree_map(jnp.asarray, params)}, order
+
+
 def load(path: str, bgr_to_rgb: bool = True, preset: str | None = None,
          **overrides) -> tuple[model_lib.AlexNet, dict]:
   """``(model, {'params': ...})`` from any supported file or a run's directory.
@@ -365,10 +383,7 @@ def load(path: str, bgr_to_rgb: bool = True, preset: str | None = None,
   BGR order it was trained with. ``preset`` names the network the file must be (checked);
   ``overrides`` set other model fields (``dtype``, speed options).
   """
-  source = read(os.fspath(path))
-  model = choose_model(source, preset, **overrides)
-  params = to_params(source, model, bgr_to_rgb)
-  return model, {'params': jax.tree_util.tree_map(jnp.asarray, params)}
+  return _load(path, bgr_to_rgb, preset, **overrides)[:2]
 
 
 def _numpy_params(variables) -> dict:
@@ -399,26 +414,30 @@ def _write_atomically(path: str, write) -> None:
       os.remove(tmp)
 
 
-def save(path: str, model: model_lib.AlexNet, variables) -> None:
+def save(path: str, model: model_lib.AlexNet, variables, channel_order: str = 'RGB') -> None:
   """Writes our format: safetensors (float32, our layout, tensors ``conv1.kernel`` ...) with
-  metadata ``format='alexnet_jax'``, ``preset`` and ``overrides`` (JSON of the network fields
-  that differ from the preset). :func:`load` reads it with nothing but the base install."""
+  metadata ``format='alexnet_jax'``, ``preset``, ``overrides`` (JSON of the network fields
+  that differ from the preset) and ``channel_order`` (of the input the params take: 'RGB', or
+  'BGR' for a Caffe network loaded with ``bgr_to_rgb=False``, which :func:`load` then reverses
+  unless told not to). :func:`load` reads it with nothing but the base install."""
   params = _numpy_params(variables)
   _check_params(model, params, os.fspath(path))
   name, differ = preset_of(model)
   tensors = {f'{layer}.{part}': params[layer][part] for layer in LAYERS
              for part in ('kernel', 'bias')}
-  metadata = {'format': FORMAT_NAME, 'preset': name,
+  metadata = {'format': FORMAT_NAME, 'preset': name, 'channel_order': channel_order,
               'overrides': json.dumps({f: _jsonable(v) for f, v in differ.items()})}
   _write_atomically(path, lambda tmp: wf.write_safetensors(tmp, tensors, metadata))
 
 
-def export_onnx(path: str, model: model_lib.AlexNet, variables) -> None:
+def export_onnx(path: str, model: model_lib.AlexNet, variables,
+                channel_order: str = 'RGB') -> None:
   """Writes the model as an ONNX graph (opset 13) that ONNX Runtime runs (needs ``onnx``).
 
   Input ``images``: float32 NCHW ``(N, 3, S, S)``, S the preset's input size, in the channel
-  order the params take (RGB after :func:`load`), preprocessed as the preset says; output
-  ``logits`` ``(N, num_classes)`` (no softmax). The graph's metadata names the preset.
+  order the params take (RGB after :func:`load`; ``channel_order`` records it in the graph's
+  metadata, 'BGR' for params loaded with ``bgr_to_rgb=False``), preprocessed as the preset
+  says; output ``logits`` ``(N, num_classes)`` (no softmax). The metadata names the preset.
   """
   try:
     from alexnet_jax import onnx_export  # pylint: disable=g-import-not-at-top  (needs onnx)
@@ -432,7 +451,7 @@ def export_onnx(path: str, model: model_lib.AlexNet, variables) -> None:
                      params[layer]['bias']) for layer in LAYERS}
   proto = onnx_export.build(layer_plan(model), tensors, input_size(model),
                             {'alexnet_jax.preset': preset_of(model)[0],
-                             'alexnet_jax.channel_order': 'RGB'})
+                             'alexnet_jax.channel_order': channel_order})
   _write_atomically(path, lambda tmp: onnx_export.write(proto, tmp))
 
 
@@ -486,10 +505,10 @@ def main(argv: list[str] | None = None) -> int:
           os.path.splitext(args.output)[1].lower())
       if writer is None:
         raise WeightsError(f'{args.output}: write .safetensors (our format) or .onnx.')
-    model, variables = load(args.source, bgr_to_rgb=not args.keep_bgr, preset=args.preset)
-    print(table(model, variables))
+    model, variables, order = _load(args.source, not args.keep_bgr, args.preset)
+    print(table(model, variables) + f'\ninput channel order {order}')
     if writer is not None:
-      writer(args.output, model, variables)
+      writer(args.output, model, variables, order)
       print(f'wrote {args.output}')
   except (WeightsError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)

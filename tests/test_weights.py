@@ -136,7 +136,7 @@ def test_zoo_graph_matches_onnx_runtime(zoo, name, opset):
                         ort_run(path, nchw(images[:1], bgr=True), output=1))
 
 
-def test_keep_bgr_takes_the_files_channel_order(zoo):
+def test_keep_bgr_takes_the_files_channel_order(zoo, tmp_path):
   path = zoo['bvlc', 9]
   _, rgb = loaded(path)
   model, bgr = weights.load(path, bgr_to_rgb=False)
@@ -145,6 +145,11 @@ def test_keep_bgr_takes_the_files_channel_order(zoo):
   images = rgb_images(227)
   assert_logits_close(our_logits(model, bgr, images[..., ::-1]),
                       ort_run(path, nchw(images, bgr=True), output=1))
+  # Converted with --keep-bgr, our file records BGR: loading reverses it as for the original.
+  kept = tmp_path / 'bgr.safetensors'
+  assert weights.main(['convert', str(path), str(kept), '--keep-bgr']) == 0
+  assert same_params(weights.load(kept)[1], rgb)
+  assert same_params(weights.load(kept, bgr_to_rgb=False)[1], bgr)
 
 
 @pytest.mark.parametrize('v1', [True, False], ids=['V1-layers', 'V2-layer'])
