@@ -16,23 +16,24 @@ decoded and cropped in one op, TFDS's own decoding skipped), then for training a
 a random flip and PCA colour noise, for evaluation the centre crop or the ten crops, and the
 training set's mean removed.
 
-Determinism. Given ``(seed, epoch)`` the order of a process's examples and every crop, flip and
-colour shift are fixed: randomness is stateless and keyed by ``(seed, epoch, index)`` where
-``index`` is the example's position in the epoch (times ``process_count``, plus
-``process_index``). ``start_step=k`` starts an epoch at its k-th batch without reading or
-decoding the skipped examples (cached and folder sources) or without decoding them (streamed
-TFDS sources, which skip before the decoding map).
+Determinism, for any number of processes. Each epoch is one permutation of the split, keyed by
+``(seed, epoch)``; global batch k is its k-th slice and each process reads its equal part of that
+slice (:func:`epoch_indices`). Every crop, flip and colour shift is keyed by ``(seed, epoch,
+index)`` where ``index`` is the example's own index in the split. So 1, 2 or N processes (and a
+resume on another count) draw the same global batches and the same augmentation, and
+``start_step=k`` starts an epoch at its k-th batch without reading or decoding the skipped
+examples.
 
-Two ways of reading. With ``cache=True`` (the default, meant for datasets that fit in memory
-like the embedded one) a process loads its part of a split's *encoded* bytes once and permutes
-all of it each epoch. With ``cache=False`` (ImageNet) TFDS streams the files in a seeded order
-through a shuffle buffer of encoded bytes; a split too large for memory is streamed even when
-``cache=True`` (with a warning). Image folders always read files by path.
+Two ways of reading. Random access (every process holds the whole split's index): with
+``cache=True`` (the default, for datasets that fit in memory like the embedded one) the split's
+*encoded* bytes are loaded once; image folders read files by path. Streamed TFDS sources
+(``cache=False`` or a split too large for memory) cannot seek: each process streams its own
+``tfds.even_splits`` part through a seeded shuffle buffer, and there the order depends on the
+process count. Evaluation reads each process's contiguous part of the split in stored order.
 
-Scale. Each JAX process reads its own ``tfds.even_splits`` part of each split; together the
-processes see every example once per epoch. Batches have a fixed global size: training drops
-the remainder (every process yields ``steps_per_epoch`` batches), evaluation pads the last batches
-and marks real examples in ``mask``.
+Batches have a fixed global size: training drops the remainder (every process yields
+``steps_per_epoch`` batches), evaluation pads the last batches and marks real examples in
+``mask``.
 """
 
 from __future__ import annotations
@@ -323,18 +324,16 @@ def even_slice(num_examples: int, process_index: int, process_count: int) -> sli
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class _Table:
-  """A process's part of a split in memory: encoded images (or file paths) and labels."""
+  """A whole split in memory: encoded images (or file paths) and labels, in stored order."""
   keys: np.ndarray  # object array of bytes (encoded images) or str (paths).
   labels: np.ndarray  # int32
   are_paths: bool
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_tfds_table(builder_name: str, data_dir: str | None, split: str, process_index: int,
-                       process_count: int) -> _Table:
+def _cached_tfds_table(builder_name: str, data_dir: str | None, split: str) -> _Table:
   builder = tfds.builder(builder_name, data_dir=data_dir)
-  ds = builder.as_dataset(split=_process_split(split, process_index, process_count),
-                          shuffle_files=False,
+  ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={'image': tfds.decode.SkipDecoding()},
                           read_config=tfds.ReadConfig(try_autocache=False))
   keys, labels = [], []
@@ -364,12 +363,11 @@ def _fits_in_memory(builder, split: str) -> bool:
   return num_bytes <= _MAX_CACHE_SHARE * psutil.virtual_memory().available
 
 
-def _table(data_config, split, process_index, process_count) -> _Table | None:
-  """The process's part of ``split`` as a table, or None when it is to be streamed."""
+def _table(data_config, split) -> _Table | None:
+  """The whole of ``split`` as a table (every process holds all of it), or None to stream it."""
   if data_config.source == 'folder':
     part = _folder_split(data_config, split)
-    sl = even_slice(len(part.labels), process_index, process_count)
-    return _Table(part.paths[sl], part.labels[sl], True)
+    return _Table(part.paths, part.labels, True)
   if not data_config.get('cache', True):
     return None
   builder = _tfds_builder(data_config)
@@ -377,8 +375,7 @@ def _table(data_config, split, process_index, process_count) -> _Table | None:
     warnings.warn(f'Split {split!r} of {builder.info.full_name} is too large to cache in memory; '
                   'streaming it instead (set data.cache=False to silence this).')
     return None
-  return _cached_tfds_table(_builder_name(builder), _data_dir(data_config), split, process_index,
-                            process_count)
+  return _cached_tfds_table(_builder_name(builder), _data_dir(data_config), split)
 
 
 def _streamed(data_config, split, process_index, process_count, *, shuffle_seed=None):
@@ -406,14 +403,15 @@ def encoded_examples(data_config, split: str, *, shuffle_seed: int | None = None
   ``alexnet_jax.data_stats``; training uses :func:`train_batches`.
   """
   _check_source(data_config)
-  table = _table(data_config, split, process_index, process_count)
+  table = _table(data_config, split)
   if table is None:
     ds = _streamed(data_config, split, process_index, process_count,
                    shuffle_seed=None if shuffle_seed is None else shuffle_seed % 2**31)
     if shuffle_seed is not None:
       ds = ds.shuffle(data_config.shuffle_buffer, seed=shuffle_seed)
     return ds
-  order = np.arange(len(table.labels))
+  order = np.arange(len(table.labels))[even_slice(len(table.labels), process_index,
+                                                  process_count)]
   if shuffle_seed is not None:
     order = np.random.default_rng(shuffle_seed).permutation(order)
   ds = tf.data.Dataset.from_tensor_slices((table.keys[order], table.labels[order]))
@@ -432,6 +430,44 @@ def _epoch_seed(seed: int, epoch: int) -> int:
       2, np.uint32).astype(np.uint64).dot([1 << 31, 1]))
 
 
+def epoch_indices(num_examples: int, global_batch_size: int, *, seed: int, epoch: int,
+                  process_index: int = 0, process_count: int = 1) -> np.ndarray:
+  """The split indices this process reads in epoch ``epoch``, batch after batch.
+
+  The epoch is one permutation of the split, keyed by ``(seed, epoch)`` alone; global batch k is
+  its k-th slice of ``global_batch_size`` and process p reads the p-th of that slice's
+  ``process_count`` equal parts. So the global batches (and, keyed by these indices, every crop)
+  do not depend on the number of processes. Returns int64 (steps * global_batch / P,).
+  """
+  steps = steps_per_epoch(num_examples, global_batch_size)
+  order = np.random.default_rng(_epoch_seed(seed, epoch)).permutation(num_examples)
+  local = global_batch_size // process_count
+  return order[:steps * global_batch_size].reshape(steps, process_count, local)[
+      :, process_index].reshape(-1).astype(np.int64)
+
+
+def _train_examples(data_config, split, indices_fn, first: int, count: int, process_index: int,
+                    process_count: int, order_seed: int) -> tuple[tf.data.Dataset, bool]:
+  """(key index, encoded image or path, label) of this process's training examples, in order.
+
+  Random access (tables): the examples ``indices_fn()`` names, from the ``first``-th on, keyed
+  by their index in the split. Streamed TFDS sources cannot seek: each process streams its own
+  ``even_splits`` part through a seeded shuffle buffer, keyed by stream position (so there the
+  order depends on the process count; prepare such a dataset as ArrayRecord to avoid it).
+  """
+  table = _table(data_config, split)
+  if table is not None:
+    indices = indices_fn()[first:first + count]
+    # Object arrays keep each byte string whole (a fixed-width 'S' array would pad them).
+    return tf.data.Dataset.from_tensor_slices(
+        (indices, table.keys[indices], table.labels[indices])), table.are_paths
+  ds = _streamed(data_config, split, process_index, process_count,
+                 shuffle_seed=order_seed % 2**31)
+  ds = ds.shuffle(data_config.shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False)
+  ds = ds.enumerate().skip(first).take(count)  # Skip before the decoding map.
+  return ds.map(_plain(lambda i, ex: (i * process_count + process_index, ex[0], ex[1]))), False
+
+
 # --------------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------------
@@ -442,7 +478,8 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, epoch: int,
 
   Yields ``{'image': float32 (B/P, crop, crop, 3), 'label': int32 (B/P,)}``, exactly
   ``steps_per_epoch(num_train_examples, global_batch_size) - start_step`` of them on every
-  process. Same ``(seed, epoch)``: same batches, whatever ``start_step`` the epoch started at.
+  process. Same ``(seed, epoch)``: same global batches, whatever ``start_step`` the epoch started
+  at and however many processes share them (:func:`epoch_indices`).
   """
   _check_source(data_config)
   process_index, process_count = _process(process_index, process_count)
@@ -456,40 +493,38 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, epoch: int,
   if not 0 <= start_step <= steps:
     raise ValueError(f'start_step {start_step} is outside the epoch of {steps} steps; pass a step '
                      f'in [0, {steps}].')
-  first, count = start_step * local_batch, (steps - start_step) * local_batch
-  order_seed = _epoch_seed(seed, epoch)
-
-  table = _table(data_config, split, process_index, process_count)
-  if table is not None:
-    order = np.random.default_rng(order_seed).permutation(len(table.labels))[first:first + count]
-    positions = np.arange(first, first + count, dtype=np.int64)
-    # Object arrays keep each byte string whole (a fixed-width 'S' array would pad them).
-    ds = tf.data.Dataset.from_tensor_slices((positions, table.keys[order], table.labels[order]))
-    are_paths = table.are_paths
-  else:
-    ds = _streamed(data_config, split, process_index, process_count,
-                   shuffle_seed=order_seed % 2**31)
-    ds = ds.shuffle(data_config.shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False)
-    ds = ds.enumerate().skip(first).take(count)  # Skip before the decoding map.
-    ds = ds.map(_plain(lambda i, ex: (i, ex[0], ex[1])))
-    are_paths = False
+  indices_fn = lambda: epoch_indices(num_examples, global_batch_size, seed=seed, epoch=epoch,
+                                     process_index=process_index, process_count=process_count)
+  ds, are_paths = _train_examples(data_config, split, indices_fn, start_step * local_batch,
+                                  (steps - start_step) * local_batch, process_index,
+                                  process_count, _epoch_seed(seed, epoch))
 
   mean_rgb, eigval, eigvec = image_stats(data_config)
   resize, crop = int(data_config.resize_size), int(data_config.crop_size)
 
   @_plain
-  def preprocess(position, key, label):
+  def preprocess(index, key, label):
     image = augment.decode_and_center_square(_encoded(key, are_paths), resize)
-    example_key = augment.example_key(seed, epoch, position * process_count + process_index)
-    image = augment.train_image(image, example_key, mean_rgb=mean_rgb, pca_eigval=eigval,
-                                pca_eigvec=eigvec, pca_alpha_std=data_config.pca_alpha_std,
-                                crop_size=crop, input_scale=data_config.input_scale)
+    image = augment.train_image(image, augment.example_key(seed, epoch, index), mean_rgb=mean_rgb,
+                                pca_eigval=eigval, pca_eigvec=eigvec,
+                                pca_alpha_std=data_config.pca_alpha_std, crop_size=crop,
+                                input_scale=data_config.input_scale)
     return {'image': image, 'label': tf.cast(label, tf.int32)}
 
   ds = ds.map(preprocess, num_parallel_calls=_parallel(data_config), deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
   ds = ds.prefetch(data_config.get('prefetch', 2)).with_options(_options(data_config))
   return ds.as_numpy_iterator()
+
+
+def _eval_examples(data_config, split, process_index, process_count):
+  """(encoded image or path, label) of this process's contiguous part of ``split``."""
+  table = _table(data_config, split)
+  if table is None:
+    return _streamed(data_config, split, process_index, process_count), False
+  part = even_slice(len(table.labels), process_index, process_count)
+  return tf.data.Dataset.from_tensor_slices((table.keys[part], table.labels[part])), \
+      table.are_paths
 
 
 def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
@@ -509,14 +544,7 @@ def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
   steps = eval_steps(num_examples, global_batch_size, process_count)
   sl = even_slice(num_examples, process_index, process_count)
   local_count = sl.stop - sl.start
-
-  table = _table(data_config, split, process_index, process_count)
-  if table is not None:
-    ds = tf.data.Dataset.from_tensor_slices((table.keys, table.labels))
-    are_paths = table.are_paths
-  else:
-    ds = _streamed(data_config, split, process_index, process_count)
-    are_paths = False
+  ds, are_paths = _eval_examples(data_config, split, process_index, process_count)
 
   mean_rgb, _, _ = image_stats(data_config)
   resize, crop = int(data_config.resize_size), int(data_config.crop_size)

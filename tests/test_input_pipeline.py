@@ -472,3 +472,25 @@ def test_data_stats_cli(tmp_path, capsys, data_dir, squares):
   assert stats['num_images'] == 20
   # Random colours: the mean is mid-grey and no direction dominates as it does in ImageNet.
   np.testing.assert_allclose(stats['mean_rgb'], 0.5, atol=0.1)
+
+
+def test_epoch_indices_are_one_order_sliced_over_processes():
+  single = ip.epoch_indices(103, 12, seed=3, epoch=1)
+  assert len(single) == 8 * 12 and len(set(single)) == len(single)
+  assert set(single) <= set(range(103))
+  for count in (2, 3, 4):
+    parts = [ip.epoch_indices(103, 12, seed=3, epoch=1, process_index=p, process_count=count)
+             for p in range(count)]
+    joined = np.concatenate([part.reshape(8, 12 // count) for part in parts], axis=1)
+    np.testing.assert_array_equal(joined.reshape(-1), single)
+  assert not np.array_equal(single, ip.epoch_indices(103, 12, seed=3, epoch=2))
+
+
+def test_global_batches_do_not_depend_on_the_process_count(squares, data_dir):
+  """Two processes' parts of each batch, side by side, are the one-process batch, bit for bit."""
+  config = _config(data_dir)
+  single = _train(config, seed=5, epoch=1, start_step=2)
+  parts = [_train(config, seed=5, epoch=1, start_step=2, process_index=p, process_count=2)
+           for p in range(2)]
+  joined = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*parts)]
+  _assert_same(single, joined)
