@@ -38,29 +38,25 @@ Batches have a fixed global size: training drops the remainder (every process yi
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
 import math
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
 import psutil
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from alexnet_jax.host_tf import tf  # first: TF must never take an accelerator from JAX
+import tensorflow_datasets as tfds  # pylint: disable=g-bad-import-order
 
 from alexnet_jax import augment
 from alexnet_jax.datasets import folder as folder_lib
+from alexnet_jax.datasets import prepared as prepared_lib
 from alexnet_jax.datasets import shapes
-
-try:  # The input pipeline runs on the host: TF must never take an accelerator from JAX.
-  tf.config.set_visible_devices([], 'GPU')
-except RuntimeError:  # TF's runtime already started; whoever started it made this choice.
-  pass
 
 SOURCES = ('embedded', 'tfds', 'imagenet2012', 'folder')
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
@@ -88,30 +84,10 @@ class DatasetInfo:
 
 
 def default_data_config() -> ml_collections.ConfigDict:
-  """The data section of a config, with the defaults (the embedded dataset, ImageNet stats)."""
-  c = ml_collections.ConfigDict()
-  c.source = 'embedded'
-  c.name = ''  # TFDS name for 'tfds'; for 'embedded', '' or 'alexnet_jax_shapes/tiny'.
-  c.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS's default.
-  c.manual_dir = ml_collections.config_dict.placeholder(str)  # None: <data_dir>/downloads/manual
-  c.folder = ''
-  c.val_fraction = 0.1
-  c.train_split = 'train'
-  c.eval_split = 'validation'
-  c.resize_size = augment.RESIZE_SIZE
-  c.crop_size = augment.CROP_SIZE
-  c.mean_rgb = augment.IMAGENET_MEAN_RGB
-  c.pca_eigval = augment.IMAGENET_PCA_EIGVAL
-  c.pca_eigvec = augment.IMAGENET_PCA_EIGVEC
-  c.pca_alpha_std = 0.1
-  c.stats_file = ''  # JSON from alexnet_jax.data_stats; overrides the three above.
-  c.input_scale = 255.0
-  c.shuffle_buffer = 2048  # Encoded examples (streamed sources only).
-  c.num_parallel_calls = -1  # -1: tf.data.AUTOTUNE.
-  c.cache = True  # Keep encoded bytes in memory (cached sources); ImageNet configs set False.
-  c.prefetch = 2  # Batches.
-  c.threadpool_size = 0  # 0: TF's default (one thread per core).
-  return c
+  """The data section of the default config (``configs/default.py``: the embedded dataset and its
+  statistics); ``configs/imagenet.py`` documents every field."""
+  from alexnet_jax.configs import default  # pylint: disable=g-import-not-at-top  (no cycle)
+  return default.get_config().data
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -149,8 +125,8 @@ def _manual_dir(data_config) -> str:
 
 def _prepare_command(data_config) -> str:
   data_dir = _data_dir(data_config) or tfds.core.constants.DATA_DIR
-  return (f'python -m alexnet_jax.input_pipeline --source=imagenet2012 --data_dir={data_dir} '
-          f'--manual_dir={_manual_dir(data_config)}')
+  return (f'python -m alexnet_jax.input_pipeline --config=alexnet_jax/configs/imagenet.py '
+          f'--config.data.data_dir={data_dir} --config.data.manual_dir={_manual_dir(data_config)}')
 
 
 def _tfds_builder(data_config, prepare_embedded: bool = True) -> tfds.core.DatasetBuilder:
@@ -227,6 +203,11 @@ def _split_size(builder, split: str) -> int:
 def get_dataset_info(data_config) -> DatasetInfo:
   """Classes and split sizes; prepares the embedded dataset on first use."""
   _check_source(data_config)
+  if data_config.get('prepared_dir'):
+    info = prepared_lib.read_info(data_config.prepared_dir)
+    return DatasetInfo(info['num_classes'], _split_count(data_config, data_config.train_split),
+                       _split_count(data_config, data_config.eval_split),
+                       tuple(info['class_names']) or None)
   if data_config.source == 'folder':
     index = folder_lib.scan_folder(os.path.expanduser(data_config.folder),
                                    float(data_config.val_fraction))
@@ -324,10 +305,12 @@ def even_slice(num_examples: int, process_index: int, process_count: int) -> sli
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class _Table:
-  """A whole split in memory: encoded images (or file paths) and labels, in stored order."""
-  keys: np.ndarray  # object array of bytes (encoded images) or str (paths).
+  """A whole split with random access, in stored order: labels in memory, and the encoded images
+  in memory (``keys``), as file paths (``keys``, ``are_paths``) or in ArrayRecord (``records``)."""
+  keys: np.ndarray | None  # object array of bytes (encoded images) or str (paths).
   labels: np.ndarray  # int32
   are_paths: bool
+  records: object = None  # a prepared copy's ArrayRecordDataSource, when keys is None
 
 
 @functools.lru_cache(maxsize=8)
@@ -365,6 +348,9 @@ def _fits_in_memory(builder, split: str) -> bool:
 
 def _table(data_config, split) -> _Table | None:
   """The whole of ``split`` as a table (every process holds all of it), or None to stream it."""
+  if data_config.get('prepared_dir'):
+    part = prepared_lib.open_split(os.path.expanduser(data_config.prepared_dir), split)
+    return _Table(None, part.labels, False, part.records)
   if data_config.source == 'folder':
     part = _folder_split(data_config, split)
     return _Table(part.paths, part.labels, True)
@@ -394,6 +380,31 @@ def _encoded(key: tf.Tensor, are_paths: bool) -> tf.Tensor:
   return tf.io.read_file(key) if are_paths else key
 
 
+_RECORDS_PER_READ = 32  # a prepared copy's records fetched per Python call
+
+
+def _indexed(table: _Table, indices: np.ndarray, data_config) -> tf.data.Dataset:
+  """(index, encoded image or path, label) of ``table``'s examples ``indices``, in that order."""
+  indices = np.asarray(indices, np.int64)
+  if table.records is None:
+    # Object arrays keep each byte string whole (a fixed-width 'S' array would pad them).
+    return tf.data.Dataset.from_tensor_slices(
+        (indices, table.keys[indices], table.labels[indices]))
+
+  def read(chunk):  # ArrayRecord reads run in C++, in parallel over the files of a chunk
+    return np.array(table.records.__getitems__(chunk.tolist()), dtype=object)
+
+  @_plain
+  def fetch(chunk, labels):
+    data = tf.numpy_function(read, [chunk], tf.string, stateful=False)
+    return chunk, tf.ensure_shape(data, chunk.shape), labels
+
+  ds = tf.data.Dataset.from_tensor_slices((indices, table.labels[indices]))
+  ds = ds.batch(_RECORDS_PER_READ).map(fetch, num_parallel_calls=_parallel(data_config),
+                                       deterministic=True)
+  return ds.unbatch()
+
+
 def encoded_examples(data_config, split: str, *, shuffle_seed: int | None = None,
                      process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
   """(encoded image bytes, int32 label) of a process's part of ``split``, before any decoding.
@@ -414,11 +425,14 @@ def encoded_examples(data_config, split: str, *, shuffle_seed: int | None = None
                                                   process_count)]
   if shuffle_seed is not None:
     order = np.random.default_rng(shuffle_seed).permutation(order)
-  ds = tf.data.Dataset.from_tensor_slices((table.keys[order], table.labels[order]))
-  return ds.map(_plain(lambda key, label: (_encoded(key, table.are_paths), label)))
+  return _indexed(table, order, data_config).map(
+      _plain(lambda _, key, label: (_encoded(key, table.are_paths), label)))
 
 
 def _split_count(data_config, split: str) -> int:
+  if data_config.get('prepared_dir'):
+    return len(prepared_lib.open_split(os.path.expanduser(data_config.prepared_dir),
+                                       split).labels)
   if data_config.source == 'folder':
     return len(_folder_split(data_config, split).labels)
   return _split_size(_tfds_builder(data_config), split)
@@ -457,10 +471,7 @@ def _train_examples(data_config, split, indices_fn, first: int, count: int, proc
   """
   table = _table(data_config, split)
   if table is not None:
-    indices = indices_fn()[first:first + count]
-    # Object arrays keep each byte string whole (a fixed-width 'S' array would pad them).
-    return tf.data.Dataset.from_tensor_slices(
-        (indices, table.keys[indices], table.labels[indices])), table.are_paths
+    return _indexed(table, indices_fn()[first:first + count], data_config), table.are_paths
   ds = _streamed(data_config, split, process_index, process_count,
                  shuffle_seed=order_seed % 2**31)
   ds = ds.shuffle(data_config.shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False)
@@ -476,7 +487,9 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, epoch: int,
                   process_count: int | None = None) -> Iterator[dict]:
   """One epoch of training batches for this process, starting at batch ``start_step``.
 
-  Yields ``{'image': float32 (B/P, crop, crop, 3), 'label': int32 (B/P,)}``, exactly
+  Yields ``{'image': uint8 (B/P, crop, crop, 3), 'label': int32 (B/P,), 'flip': bool (B/P,),
+  'pixel_scale': float32 (B/P,), 'pixel_offset': float32 (B/P, 3)}`` (the device makes the
+  network's inputs from them: ``alexnet_jax.device_augment``), exactly
   ``steps_per_epoch(num_train_examples, global_batch_size) - start_step`` of them on every
   process. Same ``(seed, epoch)``: same global batches, whatever ``start_step`` the epoch started
   at and however many processes share them (:func:`epoch_indices`).
@@ -504,12 +517,11 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, epoch: int,
 
   @_plain
   def preprocess(index, key, label):
-    image = augment.decode_and_center_square(_encoded(key, are_paths), resize)
-    image = augment.train_image(image, augment.example_key(seed, epoch, index), mean_rgb=mean_rgb,
-                                pca_eigval=eigval, pca_eigvec=eigvec,
-                                pca_alpha_std=data_config.pca_alpha_std, crop_size=crop,
-                                input_scale=data_config.input_scale)
-    return {'image': image, 'label': tf.cast(label, tf.int32)}
+    example = augment.train_crop(
+        _encoded(key, are_paths), augment.example_key(seed, epoch, index), mean_rgb=mean_rgb,
+        pca_eigval=eigval, pca_eigvec=eigvec, pca_alpha_std=data_config.pca_alpha_std,
+        crop_size=crop, resize_size=resize, input_scale=data_config.input_scale)
+    return {**example, 'label': tf.cast(label, tf.int32)}
 
   ds = ds.map(preprocess, num_parallel_calls=_parallel(data_config), deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
@@ -522,8 +534,9 @@ def _eval_examples(data_config, split, process_index, process_count):
   table = _table(data_config, split)
   if table is None:
     return _streamed(data_config, split, process_index, process_count), False
-  part = even_slice(len(table.labels), process_index, process_count)
-  return tf.data.Dataset.from_tensor_slices((table.keys[part], table.labels[part])), \
+  part = np.arange(len(table.labels))[even_slice(len(table.labels), process_index,
+                                                 process_count)]
+  return _indexed(table, part, data_config).map(_plain(lambda _, key, label: (key, label))), \
       table.are_paths
 
 
@@ -532,8 +545,9 @@ def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
                  process_count: int | None = None) -> Iterator[dict]:
   """The eval split once, in a fixed order, for this process; the remainder padded.
 
-  Yields ``{'image': float32 (B/P, crop, crop, 3) or (B/P, 10, crop, crop, 3), 'label': int32,
-  'mask': bool}`` (``mask`` is False on padding), ``eval_steps(num_eval_examples,
+  Yields ``{'image': uint8 (B/P, crop, crop, 3) or the five test patches (B/P, 5, crop, crop,
+  3), 'label': int32, 'mask': bool, 'pixel_scale', 'pixel_offset'}`` (``mask`` is False on
+  padding; ``alexnet_jax.device_augment`` adds the patches' reflections and removes the mean), ``eval_steps(num_eval_examples,
   global_batch_size, process_count)`` batches on every process.
   """
   _check_source(data_config)
@@ -548,23 +562,18 @@ def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
 
   mean_rgb, _, _ = image_stats(data_config)
   resize, crop = int(data_config.resize_size), int(data_config.crop_size)
-  scale = data_config.input_scale
 
   @_plain
   def preprocess(key, label):
-    image = augment.decode_and_center_square(_encoded(key, are_paths), resize)
-    if ten_crop:
-      image = augment.ten_crop_images(image, mean_rgb=mean_rgb, crop_size=crop, input_scale=scale)
-    else:
-      image = augment.center_crop_image(image, mean_rgb=mean_rgb, crop_size=crop,
-                                        input_scale=scale)
-    return {'image': image, 'label': tf.cast(label, tf.int32), 'mask': tf.constant(True)}
+    example = augment.eval_crops(_encoded(key, are_paths), mean_rgb=mean_rgb, five=ten_crop,
+                                 crop_size=crop, resize_size=resize,
+                                 input_scale=data_config.input_scale)
+    return {**example, 'label': tf.cast(label, tf.int32), 'mask': tf.constant(True)}
 
   ds = ds.map(preprocess, num_parallel_calls=_parallel(data_config), deterministic=True)
-  image_shape = ((augment.NUM_TEN_CROPS,) if ten_crop else ()) + (crop, crop, 3)
-  padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros(image_shape, tf.float32), 'label': tf.constant(0, tf.int32),
-      'mask': tf.constant(False)}).repeat(steps * local_batch - local_count)
+  pad = {k: tf.zeros(v.shape, v.dtype) for k, v in ds.element_spec.items()}
+  padding = tf.data.Dataset.from_tensors({**pad, 'mask': tf.constant(False)}).repeat(
+      steps * local_batch - local_count)
   ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
   ds = ds.prefetch(data_config.get('prefetch', 2)).with_options(_options(data_config))
   return ds.as_numpy_iterator()
@@ -573,32 +582,41 @@ def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
 # --------------------------------------------------------------------------------------------
 # Command line: prepare a dataset
 # --------------------------------------------------------------------------------------------
-def add_source_flags(parser: argparse.ArgumentParser) -> None:
-  """Command-line flags that choose a data source (shared by the package's small CLIs)."""
-  parser.add_argument('--source', default='embedded', choices=SOURCES)
-  parser.add_argument('--name', default='', help="TFDS name ('tfds'), or embedded config")
-  parser.add_argument('--data_dir', default=None, help='TFDS data_dir')
-  parser.add_argument('--manual_dir', default=None, help='imagenet2012 tars')
-  parser.add_argument('--folder', default='', help="image folder ('folder')")
-  parser.add_argument('--val_fraction', type=float, default=0.1)
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'default.py')
 
 
-def config_from_flags(args: argparse.Namespace) -> ml_collections.ConfigDict:
-  """:func:`default_data_config` with the flags of :func:`add_source_flags` applied."""
-  config = default_data_config()
-  config.source, config.name, config.folder = args.source, args.name, args.folder
-  config.data_dir, config.manual_dir = args.data_dir, args.manual_dir
-  config.val_fraction = args.val_fraction
-  return config
+def parse_config_flags(argv, define_flags=None, description: str = ''):
+  """absl flags of a data command line: ``--config`` and its ``--config.*`` overrides exactly as
+  the main job takes them, plus the command's own (``define_flags(flag_values)``).
+
+  A flag error ends the command with ``error: ...`` (exit 2). Returns the parsed FlagValues.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  argv = [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)
+  values = flags.FlagValues()
+  if define_flags is not None:
+    define_flags(values)
+  try:
+    # sys_argv: config_flags reads the --config.* overrides there when it defines them; a
+    # misspelt field raises KeyError/AttributeError from the config (what the main job reads).
+    config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'A config file (ml_collections).',
+                                    flag_values=values, lock_config=True, sys_argv=argv)
+    values(argv)
+    values.config.get('seed')  # the file loads lazily: make it load (and fail) here
+  except (flags.Error, KeyError, AttributeError, ValueError, OSError) as e:
+    sys.stderr.write(f'{description}\nerror: {e}; see --helpfull and the config files in '
+                     'alexnet_jax/configs/.\n')
+    sys.exit(2)
+  return values
 
 
 def main(argv=None):
-  """``python -m alexnet_jax.input_pipeline --source=imagenet2012 --data_dir=D --manual_dir=M``."""
-  parser = argparse.ArgumentParser(description='Prepares a dataset for alexnet_jax.')
-  add_source_flags(parser)
-  config = config_from_flags(parser.parse_args(argv))
-  prepare(config)
-  print(get_dataset_info(config))
+  """``python -m alexnet_jax.input_pipeline --config=alexnet_jax/configs/imagenet.py
+  --config.data.data_dir=D --config.data.manual_dir=M``: prepares the config's dataset."""
+  config = parse_config_flags(argv, description='Prepares the dataset of a config.').config
+  prepare(config.data)
+  print(get_dataset_info(config.data))
 
 
 if __name__ == '__main__':
