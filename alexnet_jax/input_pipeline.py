@@ -6,15 +6,21 @@ Sources (``data_config.source``):
   and prepared into ``data_dir`` on first use (about half a minute).
 * ``'imagenet2012'``: TFDS's ``imagenet2012``, prepared from the user's
   ``ILSVRC2012_img_train.tar`` and ``ILSVRC2012_img_val.tar`` in ``manual_dir`` with
-  ``python -m alexnet_jax.input_pipeline --source=imagenet2012 --data_dir=... --manual_dir=...``.
+  ``python -m alexnet_jax.input_pipeline --config=alexnet_jax/configs/imagenet.py
+  --config.data.data_dir=... --config.data.manual_dir=...``.
 * ``'tfds'``: any TFDS image classification dataset (features ``image`` and ``label``) already
   prepared in ``data_dir``, by ``name``; the class count comes from its info.
 * ``'folder'``: a folder of class subfolders of images (``alexnet_jax.datasets.folder``).
 
-Every image goes through ``alexnet_jax.augment``: the central square rescaled to 256x256 (JPEGs
-decoded and cropped in one op, TFDS's own decoding skipped), then for training a random 227 crop,
-a random flip and PCA colour noise, for evaluation the centre crop or the ten crops, and the
-training set's mean removed.
+With ``data.prepared_dir`` set, training and evaluation read that prepared copy (256x256 JPEGs
+in ArrayRecord, ``alexnet_jax.datasets.prepared``) instead of the source.
+
+The host's share of the paper's preprocessing (``alexnet_jax.augment``): decode and crop. Training
+draws each example's 227 window, flip and colour noise from its stateless key and ships the
+window as uint8 (only that window of the rescaled central 256x256 square is decoded and
+rescaled), with the flip and the colour offset; evaluation ships the centre crop or the five
+test patches as uint8. The device flips, adds the colour and removes the mean inside the jitted
+step (``alexnet_jax.device_augment``).
 
 Determinism, for any number of processes. Each epoch is one permutation of the split, keyed by
 ``(seed, epoch)``; global batch k is its k-th slice and each process reads its equal part of that
