@@ -9,6 +9,8 @@ process takes part in checkpoint saves and restores.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
 import os
 import shutil
@@ -23,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import device_feed
 from alexnet_jax import layout as layout_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -42,8 +45,10 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> model_li
   """The AlexNet a config describes (``config.model``)."""
   m = config.model
   dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-  if m.dtype not in dtypes:
-    raise ValueError(f'config.model.dtype must be one of {sorted(dtypes)}, not {m.dtype!r}.')
+  dtype = resolve_compute_dtype(m.dtype)
+  if dtype not in dtypes:
+    raise ValueError(f"config.model.dtype must be 'auto' or one of {sorted(dtypes)}, not "
+                     f'{m.dtype!r}.')
   if m.init_scheme not in model_lib.INITS:
     raise ValueError(f'config.model.init_scheme must be one of {sorted(model_lib.INITS)}, not '
                      f'{m.init_scheme!r}.')
@@ -51,7 +56,15 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> model_li
       num_classes=num_classes, dropout_rate=m.dropout_rate, use_lrn=m.use_lrn,
       lrn_after_pool=m.lrn_after_pool, lrn_size=m.lrn_size, lrn_k=m.lrn_k,
       lrn_alpha=m.lrn_alpha, lrn_beta=m.lrn_beta, init_scheme=m.init_scheme,
-      dtype=None if m.dtype == 'float32' else dtypes[m.dtype])
+      dtype=None if dtype == 'float32' else dtypes[dtype])
+
+
+def resolve_compute_dtype(dtype: str) -> str:
+  """'auto': bfloat16 on GPU and TPU (their matrix units' fast type; parameters stay float32),
+  float32 on CPU (no faster there, and the CPU runs' numbers stay as they were)."""
+  if dtype != 'auto':
+    return dtype
+  return 'bfloat16' if jax.default_backend() in ('gpu', 'tpu') else 'float32'
 
 
 def resolve_num_classes(config: ml_collections.ConfigDict, info) -> int:
@@ -229,10 +242,11 @@ def evaluate_params(s: Setup, params, ten_crop: bool, max_batches: int = -1) -> 
   totals = None
   batches = input_pipeline.eval_batches(s.config.data, global_batch_size=s.config.eval.batch_size,
                                         ten_crop=ten_crop)
-  for i, batch in enumerate(batches):
-    if 0 <= max_batches <= i:
-      break
-    sums = s.steps.eval_step(params, layout_lib.place_batch(batch, s.steps))
+  if max_batches >= 0:
+    batches = itertools.islice(batches, max_batches)
+  for batch in device_feed.prefetch_to_device(batches, functools.partial(
+      layout_lib.place_batch, steps=s.steps), s.config.data.get('device_prefetch', 2)):
+    sums = s.steps.eval_step(params, batch)
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   if totals is None:
     raise ValueError('The validation split yielded no batch; check config.data.eval_split.')
@@ -405,10 +419,12 @@ def _train(config, workdir, s: Setup, ckpts: checkpoint_lib.Checkpoints, stop: '
     batches = input_pipeline.train_batches(config.data, global_batch_size=config.batch_size,
                                            seed=config.seed, epoch=epoch,
                                            start_step=step_in_epoch)
+    batches = device_feed.prefetch_to_device(batches, functools.partial(
+        layout_lib.place_batch, steps=s.steps), config.data.get('device_prefetch', 2))
     tick, tick_step = time.perf_counter(), step
     pending = []  # device metrics not yet read: reading each step would stall the pipeline
     for batch in batches:
-      state, metrics = s.steps.train_step(state, layout_lib.place_batch(batch, s.steps))
+      state, metrics = s.steps.train_step(state, batch)
       step += 1
       step_in_epoch += 1
       pending.append(metrics['loss'])

@@ -56,7 +56,7 @@ def run_end_to_end(runner: JaxTrainRunner, steps: int, batches,
   """Images/s of the input pipeline alone, of the step alone, and of the two together.
 
   ``runner`` is set up (compiled) for the batches' size and class count; ``batches`` is an
-  iterator of host batches ({'image', 'label'} numpy arrays). The step alone
+  iterator of the input pipeline's host batches (uint8 crops and their augmentation draws). The step alone
   runs on one device-resident batch; end to end, each step takes the next host batch, copies
   it to the device and trains on it (the trainer's loop, with one device; the copy of batch
   i + 1 overlaps step i through JAX's asynchronous dispatch). The smallest rate bounds the job.
@@ -68,10 +68,14 @@ def run_end_to_end(runner: JaxTrainRunner, steps: int, batches,
   next(batches)  # Starts the pipeline's threads.
   pipeline = _seconds_per_step(steps, lambda: next(batches))
   carry = {'state': runner.state, 'metrics': None}
+  # The pipeline ships uint8 crops; the device makes the inputs (in the main job, inside the
+  # step; here in its own jit, as the runner's step is compiled for float32 images).
+  from alexnet_jax import device_augment  # pylint: disable=g-import-not-at-top
+  to_inputs = jax.jit(device_augment.network_inputs)
 
   def train_on_next():
-    host = next(batches)
-    device_batch = {k: jax.device_put(host[k]) for k in ('image', 'label')}
+    host = jax.device_put(next(batches))
+    device_batch = {'image': to_inputs(host), 'label': host['label']}
     carry['state'], carry['metrics'] = runner.compiled(carry['state'], device_batch)
 
   start = time.perf_counter()
