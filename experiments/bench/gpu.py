@@ -56,8 +56,8 @@ def run_end_to_end(runner: JaxTrainRunner, steps: int, batches,
   """Images/s of the input pipeline alone, of the step alone, and of the two together.
 
   ``runner`` is set up (compiled) for the batches' size and class count; ``batches`` is an
-  iterator of the input pipeline's host batches (uint8 crops and their augmentation draws). The step alone
-  runs on one device-resident batch; end to end, each step takes the next host batch, copies
+  iterator of the input pipeline's host batches (uint8 crops and their augmentation draws).
+  The step alone runs on one device-resident batch; end to end, each step takes the next host batch, copies
   it to the device and trains on it (the trainer's loop, with one device; the copy of batch
   i + 1 overlaps step i through JAX's asynchronous dispatch). The smallest rate bounds the job.
   """
