@@ -124,7 +124,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'optim.learning_rate': _float_in(0.0, low_open=True),
     'optim.momentum': _float_in(0.0, 1.0, high_open=True),
     'optim.weight_decay': _float_in(0.0),
-    'optim.plateau_patience': _int_in(0),
+    'optim.plateau_patience': _POSITIVE,
     'optim.plateau_factor': _float_in(0.0, 1.0, low_open=True),
     'optim.plateau_max_decays': _int_in(0),
     'optim.plateau_min_delta': _float_in(0.0),
