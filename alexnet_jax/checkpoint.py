@@ -10,10 +10,14 @@ is given, so a checkpoint written under one mesh layout restores under any other
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import inspect
 import json
 import os
 import re
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -25,12 +29,6 @@ CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged_checkpoints'  # damaged checkpoints are moved here, not deleted
 _TMP_MARK = '.orbax-checkpoint-tmp'
-
-# Config fields that change the shapes or the function of the saved network: a workdir's
-# checkpoints cannot continue under a config that differs in any of them.
-_ARCHITECTURE_FIELDS = ('model.num_classes', 'model.use_lrn', 'model.lrn_after_pool',
-                        'model.lrn_size', 'data.crop_size')
-
 
 class ConfigMismatchError(ValueError):
   """The workdir holds a run of a different, incompatible configuration."""
@@ -51,48 +49,91 @@ def _failure_reason(error: BaseException) -> str:
   return f'{type(error).__name__}: {lines[0][:200]}' if lines else type(error).__name__
 
 
-def _get(config: dict, dotted: str):
-  value = config
-  for key in dotted.split('.'):
-    if not isinstance(value, dict) or key not in value:
-      return None
-    value = value[key]
-  return value
+class NoIntactCheckpointError(ValueError):
+  """Checkpoints exist but none restores; nothing was moved."""
 
 
-def check_and_save_config(config: ml_collections.ConfigDict, workdir: str,
-                          num_classes: int, write: bool = True) -> None:
-  """Saves the config in the workdir, refusing one incompatible with the workdir's checkpoints.
+def damage_reason(error: BaseException) -> str:
+  """Why a checkpoint did not restore, in words (tensorstore's text holds specs and paths).
 
-  ``num_classes`` is the resolved class count (the config may say 0 = from the dataset).
+  Orbax and tensorstore raise ValueError or RuntimeError for every kind of damage, so the
+  status words in their text (tensorstore's ``OUT_OF_RANGE``, ``NOT_FOUND``, ...) are the only
+  signal of which kind it was.
+  """
+  text = str(error)
+  if isinstance(error, FileNotFoundError) or 'NOT_FOUND' in text or 'No such file' in text:
+    return 'a file of it is missing'
+  if 'OUT_OF_RANGE' in text or 'byte range' in text.lower():
+    return 'a file of it is cut short'
+  if isinstance(error, json.JSONDecodeError) or 'JSON' in text:
+    return 'its metadata is not valid JSON'
+  if 'DATA_LOSS' in text or 'checksum' in text.lower():
+    return 'a file of it is corrupt'
+  # The first line up to the first object repr or spec (``<bound method ...>``, ``[spec=...]``).
+  first = re.split(r'[<\[]', text.strip().splitlines()[0] if text.strip() else '')[0]
+  first = ' '.join(first.split()).strip(' :;,')[:120]
+  return f'{type(error).__name__}: {first}' if first else type(error).__name__
+
+
+def _param_shapes(params) -> dict[str, tuple]:
+  if not isinstance(params, dict):
+    return {}
+  return {jax.tree_util.keystr(path): tuple(getattr(leaf, 'shape', ()))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+  """Drops the "Exception ignored in coroutine" reports of a failed restore.
+
+  When tensorstore fails a read, Orbax abandons its other reads' coroutines; Python reports
+  each one as it is collected (sys.unraisablehook), hundreds of tracebacks for one damaged
+  checkpoint that the caller reports in one line. Collected here, inside the guard.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not inspect.iscoroutine(unraisable.object) and 'coroutine' not in repr(
+        unraisable.object):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str, num_classes: int,
+                run_info: dict | None = None) -> None:
+  """Writes the run's config (and ``run_info``: machine, versions, resolved implementations)
+  to ``<workdir>/config.json``.
+
+  A record for the user, not the workdir's identity: the checkpoints themselves say which
+  network they hold (see :meth:`Checkpoints.restore_latest_intact`), so a missing or damaged
+  config.json is simply written anew. ``num_classes`` is the resolved class count (the config
+  may say 0 = from the dataset).
   """
   path = os.path.join(workdir, CONFIG_FILE)
   current = json.loads(config.to_json_best_effort())
   current.setdefault('model', {})['num_classes'] = int(num_classes)
-  if os.path.exists(path) and has_checkpoints(workdir):
-    with open(path, encoding='utf-8') as f:
-      try:
-        saved = json.load(f)
-      except json.JSONDecodeError:
-        saved = None
-    if saved is not None:
-      differences = [f'{field} is {_get(saved, field)!r} there but {_get(current, field)!r} now'
-                     for field in _ARCHITECTURE_FIELDS
-                     if _get(saved, field) != _get(current, field)]
-      if differences:
-        raise ConfigMismatchError(
-            f'The workdir {workdir} holds checkpoints of a different network ('
-            + '; '.join(differences) + '); use another --workdir or the same config.')
-  if write:
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+  if run_info is not None:
+    current['run'] = run_info
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(current, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """The steps of the workdir's checkpoint directories (without opening a manager, which would
+  clean up the temporary directory of a save still being written by another process)."""
+  return sorted(ocp.utils.checkpoint_steps(os.path.join(workdir, CHECKPOINT_DIR)))
 
 
 def has_checkpoints(workdir: str) -> bool:
-  directory = os.path.join(workdir, CHECKPOINT_DIR)
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  return bool(saved_steps(workdir))
 
 
 class Checkpoints:
@@ -111,8 +152,11 @@ class Checkpoints:
         best_fn=lambda m: m['val_top1_error'], best_mode='min',
         preservation_policy=policy, enable_async_checkpointing=async_save, create=True,
         cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=('state', 'meta'))
+    # Handlers named up front: the saved state's shapes can then be read without restoring it.
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=('state', 'meta'),
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
     self._in_flight = None  # the step of a save still being written in the background
 
   def all_steps(self) -> list[int]:
@@ -122,7 +166,12 @@ class Checkpoints:
     return self.manager.latest_step()
 
   def best_step(self) -> int | None:
-    """The kept step with the lowest validation top-1 error (None without evaluations)."""
+    """The kept step with the lowest validation top-1 error (None without evaluations).
+
+    Not ``CheckpointManager.best_step``: on equal errors Orbax's picks the latest step, and the
+    earliest is the one to keep (fewer steps to the same error; equal errors are common on a
+    small validation split).
+    """
     best, best_error = None, None
     for step in self.all_steps():
       metrics = self.manager.metrics(step)
@@ -131,15 +180,20 @@ class Checkpoints:
           best, best_error = step, metrics['val_top1_error']
     return best
 
-  def save(self, step: int, state: Any, meta: dict, val_top1_error: float | None = None) -> None:
+  def save(self, step: int, state: Any, meta: dict, val_top1_error: float | None = None,
+           replace: bool = False) -> None:
     """Saves ``state`` and ``meta`` at ``step`` (every process must call this).
 
     With async saving this returns once the arrays are copied off the devices; a failure of the
     background write surfaces at the next :meth:`save`, :meth:`wait` or :meth:`close`. Either
     way a failed write raises :class:`CheckpointWriteError`; Orbax writes into a temporary
     directory and renames it when complete, so earlier checkpoints are never touched.
+    ``replace`` first deletes a checkpoint of the same step.
     """
     self.wait()  # a failed previous write must be reported as that step's, not this one's
+    if replace and step in self.all_steps():
+      # Orbax refuses an existing step. Its state is the same; the meta and metrics are new.
+      self.manager.delete(step)
     metrics = None if val_top1_error is None else {'val_top1_error': float(val_top1_error)}
     try:
       self.manager.save(step, args=ocp.args.Composite(
@@ -175,29 +229,88 @@ class Checkpoints:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored['state'], restored['meta']
 
-  def restore_latest_intact(self, abstract_state: Any,
+  def restore_latest_intact(self, abstract_state: Any, identity: dict | None = None,
                             set_aside: bool = True) -> tuple[int, Any, dict] | None:
     """The newest checkpoint that restores; damaged newer ones are reported and skipped.
 
+    Before restoring, each checkpoint's own record of its network (``meta['architecture']``,
+    compared with ``identity``) and its saved parameter shapes (compared with
+    ``abstract_state``'s) must match: a checkpoint of another network raises
+    :class:`ConfigMismatchError` and nothing is moved, whatever the workdir's config.json says.
     With ``set_aside`` (training) the damaged ones are moved to ``<workdir>/damaged_checkpoints``
-    so that the resumed run can save those steps again (Orbax refuses an existing step).
+    so that the resumed run can save those steps again (Orbax refuses an existing step). When
+    checkpoints exist but none restores, :class:`NoIntactCheckpointError` is raised and
+    nothing is moved.
     """
     damaged = []
-    found = None
     for step in reversed(self.all_steps()):
       try:
-        state, meta = self.restore(step, abstract_state)
+        state, meta = self.restore_checked(step, abstract_state, identity)
+      except ConfigMismatchError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
         # A write cut short or damaged files: fall back to an older checkpoint.
         damaged.append(step)
         print(f'warning: checkpoint {step} in {self.directory} is damaged or incomplete '
-              f'({_failure_reason(e)}); falling back to an older one.', flush=True)
+              f'({damage_reason(e)}); trying an older one.', file=sys.stderr, flush=True)
         continue
-      found = (step, state, meta)
-      break
-    if damaged and set_aside:
-      self.set_aside(damaged, 'damaged')
-    return found
+      if damaged and set_aside:
+        self.set_aside(damaged, 'damaged')
+      return step, state, meta
+    if damaged:
+      raise NoIntactCheckpointError(
+          f'No intact checkpoint remains in {self.directory}: all {len(damaged)} are damaged '
+          '(nothing was moved or deleted); to start over, move that directory away or pass '
+          '--start_over (which moves them to damaged_checkpoints/ and trains from step 0).')
+    return None
+
+  def restore_checked(self, step: int, abstract_state: Any,
+                      identity: dict | None) -> tuple[Any, dict]:
+    """:meth:`restore` after checking that ``step`` holds the network asked for."""
+    with _quiet_failed_reads():
+      meta = self._restore_meta(step)
+      self._check_identity(step, meta, identity, abstract_state)
+      return self.restore(step, abstract_state)
+
+  def _restore_meta(self, step: int) -> dict:
+    restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    meta = restored['meta']
+    if not isinstance(meta, dict):
+      raise ValueError(f'its meta is a {type(meta).__name__}, not a JSON object')
+    return meta
+
+  def _check_identity(self, step: int, meta: dict, identity: dict | None,
+                      abstract_state: Any) -> None:
+    """Raises :class:`ConfigMismatchError` if ``step`` holds another network than asked for."""
+    saved = meta.get('architecture')
+    if identity is not None and isinstance(saved, dict):
+      differences = [f'{field} is {saved.get(field)!r} there but {identity.get(field)!r} now'
+                     for field in sorted(set(saved) | set(identity))
+                     if saved.get(field) != identity.get(field)]
+      if differences:
+        raise ConfigMismatchError(self._mismatch(differences))
+    wanted = _param_shapes(getattr(abstract_state, 'params', None))
+    if wanted:
+      tree = self.manager.item_metadata(step)['state']
+      tree = getattr(tree, 'tree', tree)
+      found = _param_shapes(tree.get('params') if isinstance(tree, dict) else None)
+      differences = [f'{name} has shape {found.get(name)} there but {shape} now'
+                     for name, shape in wanted.items() if found.get(name) != shape]
+      differences += [f'{name} is there but not in the network now'
+                      for name in found if name not in wanted]
+      if found and differences:
+        raise ConfigMismatchError(self._mismatch(differences[:3]))
+
+  def _mismatch(self, differences: list[str]) -> str:
+    workdir = os.path.dirname(self.directory)
+    return (f'The workdir {workdir} holds checkpoints of a different network ('
+            + '; '.join(differences) + '); use another --workdir or the same config.')
+
+  def set_aside_all(self) -> None:
+    """Moves every checkpoint to ``damaged_checkpoints/`` (a start over asked for by the user)."""
+    steps = self.all_steps()
+    if steps:
+      self.set_aside(steps, 'start over')
 
   @property
   def damaged_directory(self) -> str:
@@ -216,7 +329,8 @@ class Checkpoints:
         if os.path.isdir(source):
           destination = os.path.join(target, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
           shutil.move(source, destination)
-          print(f'warning: moved checkpoint {step} ({why}) to {destination}.', flush=True)
+          print(f'warning: moved checkpoint {step} ({why}) to {destination}.',
+                file=sys.stderr, flush=True)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices('alexnet_jax_set_aside_damaged_checkpoints')

@@ -33,6 +33,10 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'default.py
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and plots.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train (resumes if possible) or eval.')
+flags.DEFINE_bool('start_over', False,
+                  'Train from step 0 even though the workdir holds checkpoints (they are moved '
+                  'to damaged_checkpoints/, not deleted): for a workdir whose checkpoints are '
+                  'all damaged.')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint --mode=eval uses.')
 flags.DEFINE_string('coordinator_address', None,
                     'Multi-process: host:port of process 0 (all processes pass the same).')
@@ -75,6 +79,8 @@ def _config_path(argv) -> str:
 
 def _unknown_field_message(error: BaseException, argv) -> str:
   """'--config.optim.lerning_rate: no such field ...' from ml_collections' KeyError text."""
+  # Parsed: ml_collections names the missing field and its suggestion only in the message
+  # (the exception carries no attribute for them), and the flag parser gives no other signal.
   text = str(error)
   names = re.findall(r'[A-Za-z_][A-Za-z0-9_]*', text)
   field = names[0] if names else '?'
@@ -231,14 +237,16 @@ def main(argv) -> None:
   from alexnet_jax import trainer  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   if FLAGS.mode == 'train':
-    trainer.train_and_evaluate(config, FLAGS.workdir)
+    trainer.train_and_evaluate(config, FLAGS.workdir, start_over=FLAGS.start_over)
   else:
     trainer.evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
 
 
 # Errors a user can cause: one sentence, no traceback (set ALEXNET_JAX_TRACEBACK=1 to see it).
-_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
-                KeyError, AttributeError, TypeError, OSError, RuntimeError)
+# TypeError, KeyError and AttributeError are not among them: raised by our code they are
+# programming errors, reported with where they happened (the config flags' own KeyError and
+# AttributeError are caught while parsing, in _parse_flags).
+_USER_ERRORS = (ValueError, OSError, RuntimeError)
 
 
 def run() -> None:
@@ -253,7 +261,7 @@ def run() -> None:
     sys.exit(130)
   except Exception as e:  # pylint: disable=broad-except
     if os.environ.get('ALEXNET_JAX_TRACEBACK'):
-      raise
+      traceback.print_exc()  # then the same line and exit code as without it
     text = str(e).strip()
     message = text.splitlines()[0] if text else type(e).__name__
     if isinstance(e, _USER_ERRORS):

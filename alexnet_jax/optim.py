@@ -92,30 +92,16 @@ def sgd_with_injected_lr(learning_rate: float, momentum: float = 0.9, weight_dec
       decay_biases=decay_biases)
 
 
-def _is_injected(state: Any) -> bool:
-  hyperparams = getattr(state, 'hyperparams', None)
-  return isinstance(hyperparams, Mapping) and 'learning_rate' in hyperparams
-
-
-def _find_injected(state: Any):
-  """The first InjectHyperparamsState with a 'learning_rate' in ``state`` (depth first)."""
-  if _is_injected(state):
-    return state
-  if isinstance(state, (tuple, list)):
-    for sub in state:
-      found = _find_injected(sub)
-      if found is not None:
-        return found
-  return None
+_NO_INJECTED_RATE = ('This optimizer state holds no injected learning rate; build the '
+                     'optimizer with optim.sgd_with_injected_lr.')
 
 
 def get_learning_rate(opt_state: Any) -> float:
   """The current rate of an optimizer built with :func:`sgd_with_injected_lr`."""
-  found = _find_injected(opt_state)
-  if found is None:
-    raise ValueError('This optimizer state holds no injected learning rate; build the '
-                     'optimizer with optim.sgd_with_injected_lr.')
-  return float(np.asarray(jax.device_get(found.hyperparams['learning_rate'])))
+  rate = optax.tree_utils.tree_get(opt_state, 'learning_rate')
+  if rate is None:
+    raise ValueError(_NO_INJECTED_RATE)
+  return float(np.asarray(jax.device_get(rate)))
 
 
 def set_learning_rate(opt_state: Any, learning_rate: float) -> Any:
@@ -124,23 +110,13 @@ def set_learning_rate(opt_state: Any, learning_rate: float) -> Any:
   The new value keeps the dtype, and for a placed ``jax.Array`` the sharding, of the old one,
   so a jitted step with fixed input shardings neither recompiles nor rejects the new state.
   """
-  def replace(state):
-    if _is_injected(state):
-      old = state.hyperparams['learning_rate']
-      new = np.asarray(learning_rate, dtype=np.asarray(jax.device_get(old)).dtype)
-      if isinstance(old, jax.Array):
-        new = jax.device_put(new, old.sharding)
-      return state._replace(hyperparams={**state.hyperparams, 'learning_rate': new})
-    if isinstance(state, tuple) and hasattr(state, '_fields'):
-      return type(state)(*(replace(s) for s in state))
-    if isinstance(state, (tuple, list)):
-      return type(state)(replace(s) for s in state)
-    return state
-
-  if _find_injected(opt_state) is None:
-    raise ValueError('This optimizer state holds no injected learning rate; build the '
-                     'optimizer with optim.sgd_with_injected_lr.')
-  return replace(opt_state)
+  old = optax.tree_utils.tree_get(opt_state, 'learning_rate')
+  if old is None:
+    raise ValueError(_NO_INJECTED_RATE)
+  new = np.asarray(learning_rate, dtype=np.asarray(jax.device_get(old)).dtype)
+  if isinstance(old, jax.Array):
+    new = jax.device_put(new, old.sharding)
+  return optax.tree_utils.tree_set(opt_state, learning_rate=new)
 
 
 def make_optimizer(config_optim) -> optax.GradientTransformation:

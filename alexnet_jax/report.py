@@ -1,7 +1,7 @@
 """What the user sees of a run: metrics.jsonl, TensorBoard events, progress bars and plots.
 
 Host-side only: no JAX computation, and no TensorFlow import (TensorBoard event files are
-written with the `tensorboard` package's record format and protos directly).
+written by tensorboardX).
 
 Files under the run's ``workdir``::
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -76,47 +75,21 @@ def read_metrics(workdir: str | os.PathLike, max_step: int | None = None) -> lis
 
 
 # --------------------------------------------------------------------------------------------
-# TensorBoard event files, without TensorFlow
+# TensorBoard event files (tensorboardX: no TensorFlow)
 # --------------------------------------------------------------------------------------------
-class _EventFile:
-  """An append-only TensorBoard event file (the TFRecord framing of ``Event`` protos)."""
+_writers_opened = 0
 
-  _counter = 0
 
-  def __init__(self, logdir: str):
-    # Imported here: only a writing process needs the protos.
-    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
-    from tensorboard.summary.writer.record_writer import RecordWriter  # pylint: disable=g-import-not-at-top
-    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
-    os.makedirs(logdir, exist_ok=True)
-    _EventFile._counter += 1
-    # TensorBoard reads the files of a directory in name order: the time stamp comes first.
-    name = (f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}.'
-            f'{_EventFile._counter}')
-    self.path = os.path.join(logdir, name)
-    self._writer = RecordWriter(open(self.path, 'wb'))  # pylint: disable=consider-using-with
-    self._write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
-
-  def _write(self, event) -> None:
-    self._writer.write(event.SerializeToString())
-
-  def session_start(self, step: int) -> None:
-    """Mark a restart: TensorBoard then hides the older files' events at steps >= ``step``."""
-    self._write(self._event_pb2.Event(
-        wall_time=time.time(), step=step,
-        session_log=self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)))
-
-  def scalars(self, step: int, values: Mapping[str, float], wall_time: float) -> None:
-    summary = self._summary_pb2.Summary(value=[
-        self._summary_pb2.Summary.Value(tag=tag, simple_value=float(v))
-        for tag, v in values.items()])
-    self._write(self._event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary))
-
-  def flush(self) -> None:
-    self._writer.flush()
-
-  def close(self) -> None:
-    self._writer.close()
+def _event_writer(logdir: str, purge_step: int | None):
+  """A tensorboardX writer; ``purge_step`` marks a restart, so that TensorBoard hides the older
+  files' events at steps >= it."""
+  global _writers_opened  # pylint: disable=global-statement
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  _writers_opened += 1
+  # tensorboardX names files by the second and the host: two sessions of one second (a quick
+  # resume, or a test) would share a name.
+  return SummaryWriter(logdir, purge_step=purge_step, flush_secs=3600,
+                       filename_suffix=f'.{os.getpid()}.{_writers_opened}')
 
 
 class MetricsWriter:
@@ -135,10 +108,12 @@ class MetricsWriter:
     resume_step: the step of the checkpoint a resumed run restarts from: records of later
       steps (written after that checkpoint by the interrupted run) are removed from
       metrics.jsonl, and TensorBoard is told to hide them too.
+    drop_evals_at_resume_step: also remove eval records of ``resume_step`` itself (its
+      evaluation is about to be done again).
   """
 
   def __init__(self, workdir: str | os.PathLike, enabled: bool = True,
-               resume_step: int | None = None):
+               resume_step: int | None = None, drop_evals_at_resume_step: bool = False):
     self.workdir = os.fspath(workdir)
     self.enabled = enabled
     self._file = None
@@ -151,15 +126,17 @@ class MetricsWriter:
       # Rewrite what is kept: drops later steps and any half-written last line, so that new
       # lines never get glued to a fragment.
       kept = read_metrics(self.workdir, max_step=resume_step)
+      if drop_evals_at_resume_step:
+        kept = [r for r in kept
+                if not (r.get('event') == 'eval' and r.get('step') == resume_step)]
       tmp = self.metrics_path + '.tmp'
       with open(tmp, 'w', encoding='utf-8') as f:
         for record in kept:
           f.write(json.dumps(record) + '\n')
       os.replace(tmp, self.metrics_path)
     self._file = open(self.metrics_path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
-    self._events = _EventFile(os.path.join(self.workdir, TENSORBOARD_DIR))
-    if resume_step is not None:
-      self._events.session_start(int(resume_step) + 1)
+    self._events = _event_writer(os.path.join(self.workdir, TENSORBOARD_DIR),
+                                 None if resume_step is None else int(resume_step) + 1)
 
   def write(self, event: str, step: int, epoch: float, scalars: Mapping[str, Any]) -> dict:
     """Append one record and return it (also when disabled, then writing nothing)."""
@@ -173,8 +150,8 @@ class MetricsWriter:
     skip = _NOT_SCALARS if event == 'train' else _NOT_SCALARS | _TRAIN_ONLY
     chart = {k: v for k, v in record.items()
              if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if chart:
-      self._events.scalars(step, chart, record['wall_time'])
+    for tag, value in chart.items():
+      self._events.add_scalar(tag, float(value), int(step), walltime=record['wall_time'])
     if event == 'eval':
       self._events.flush()
     return record

@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
 import math
 import os
+import platform
 import shutil
 import signal
+import sys
 import time
 from typing import Any
 
@@ -25,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import config_checks
 from alexnet_jax import device_feed
 from alexnet_jax import layout as layout_lib
 from alexnet_jax import model as model_lib
@@ -42,7 +46,7 @@ _FREE_SPACE_MARGIN_BYTES = 64 << 20
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> model_lib.AlexNet:
-  """The AlexNet a config describes (``config.model``)."""
+  """The AlexNet a config describes: every field of ``config.model`` that AlexNet has."""
   m = config.model
   dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
   dtype = resolve_compute_dtype(m.dtype)
@@ -52,11 +56,10 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> model_li
   if m.init_scheme not in model_lib.INITS:
     raise ValueError(f'config.model.init_scheme must be one of {sorted(model_lib.INITS)}, not '
                      f'{m.init_scheme!r}.')
-  return model_lib.AlexNet(
-      num_classes=num_classes, dropout_rate=m.dropout_rate, use_lrn=m.use_lrn,
-      lrn_after_pool=m.lrn_after_pool, lrn_size=m.lrn_size, lrn_k=m.lrn_k,
-      lrn_alpha=m.lrn_alpha, lrn_beta=m.lrn_beta, init_scheme=m.init_scheme,
-      dtype=None if dtype == 'float32' else dtypes[dtype])
+  fields = {f.name for f in dataclasses.fields(model_lib.AlexNet)}
+  options = {k: v for k, v in m.items() if k in fields and k not in ('num_classes', 'dtype')}
+  return model_lib.AlexNet(num_classes=num_classes,
+                           dtype=None if dtype == 'float32' else dtypes[dtype], **options)
 
 
 def resolve_compute_dtype(dtype: str) -> str:
@@ -65,6 +68,28 @@ def resolve_compute_dtype(dtype: str) -> str:
   if dtype != 'auto':
     return dtype
   return 'bfloat16' if jax.default_backend() in ('gpu', 'tpu') else 'float32'
+
+
+# AlexNet fields that do not change the function a checkpoint's parameters compute: how it is
+# computed (the *_impl and *_grad options, the compute dtype), where (the model axis), and the
+# starting point (init_scheme). Every other field -- new ones included -- is the architecture.
+_NOT_ARCHITECTURE = frozenset({'dtype', 'param_dtype', 'model_axis', 'model_parallel_convs',
+                               'model_parallel_fcs', 'init_scheme', 'parent', 'name'})
+
+
+def architecture_fields() -> list[str]:
+  """The AlexNet fields a workdir's checkpoints are bound to (see :func:`architecture`)."""
+  return [f.name for f in dataclasses.fields(model_lib.AlexNet)
+          if f.name not in _NOT_ARCHITECTURE and not f.name.endswith(('_impl', '_grad'))]
+
+
+def architecture(model: model_lib.AlexNet, crop_size: int) -> dict[str, Any]:
+  """The network a checkpoint holds, as saved in its meta: the architecture fields and crop."""
+  def plain(value):
+    return list(value) if isinstance(value, tuple) else value
+  fields = {f'model.{name}': plain(getattr(model, name)) for name in architecture_fields()}
+  fields['data.crop_size'] = int(crop_size)
+  return json.loads(json.dumps(fields, default=str))
 
 
 def resolve_num_classes(config: ml_collections.ConfigDict, info) -> int:
@@ -144,10 +169,14 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   The checks that need neither TensorFlow nor the dataset (mesh, batch sizes, model and
   optimizer options) come first, so a typo fails in seconds.
   """
+  config_checks.check_config(config)
   mesh = layout_lib.make_mesh(config.mesh.data, config.mesh.model)
   layout = layout_lib.get_layout(config.mesh.layout)
-  layout_lib.check_batch(config.batch_size, mesh, layout)
-  layout_lib.check_batch(config.eval.batch_size, mesh, layout)
+  for field in ('batch_size', 'eval.batch_size'):
+    try:
+      layout_lib.check_batch(config_checks.get_field(config, field), mesh, layout)
+    except layout_lib.LayoutError as e:
+      raise layout_lib.LayoutError(f'config.{field}: {e}') from None
   if config.batch_size % jax.process_count():
     raise ValueError(f'The batch size {config.batch_size} does not divide over '
                      f'{jax.process_count()} processes; choose a multiple of it.')
@@ -158,6 +187,10 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   info = input_pipeline.get_dataset_info(config.data)
   num_classes = resolve_num_classes(config, info)
+  if num_classes < 2 and jax.process_index() == 0:
+    print(f'warning: the dataset has {num_classes} class; a classifier needs at least two (with '
+          'one, every prediction is right and the loss is 0 from the start).', file=sys.stderr,
+          flush=True)
   model = build_model(config, num_classes)
   crop = config.data.crop_size
   abstract_state = jax.eval_shape(
@@ -189,7 +222,7 @@ def check_free_space(workdir: str, checkpoint_bytes: int, keep: int) -> None:
   if jax.process_index() == 0 and free < (keep + 1) * checkpoint_bytes:
     print(f'warning: the disk of {workdir} has {free / gib:.2f} GiB free, less than the '
           f'{keep + 1} checkpoints of {checkpoint_bytes / gib:.2f} GiB this run keeps; it may '
-          'fill up (checkpoint.keep sets how many are kept).', flush=True)
+          'fill up (checkpoint.keep sets how many are kept).', file=sys.stderr, flush=True)
 
 
 @jax.jit
@@ -258,7 +291,58 @@ def evaluate_params(s: Setup, params, ten_crop: bool, max_batches: int = -1) -> 
           'val_examples': int(round(float(totals['count'])))}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+@dataclasses.dataclass
+class LoopState:
+  """Where the training loop is: the train state and everything a checkpoint's meta holds.
+
+  ``loss_window`` and ``loss_since_eval`` are running [sum, count] pairs of training losses
+  (since the last train record and since the last evaluation), so that a resumed run logs the
+  same numbers as an uninterrupted one. ``saved_step`` is the newest checkpoint on disk (None
+  before the first save); it is not part of the meta.
+  """
+  state: train_lib.TrainState
+  policy_state: dict
+  step: int = 0
+  epoch: int = 0
+  step_in_epoch: int = 0
+  loss_window: list = dataclasses.field(default_factory=lambda: [0.0, 0])
+  loss_since_eval: list = dataclasses.field(default_factory=lambda: [0.0, 0])
+  last_eval: dict = dataclasses.field(default_factory=dict)
+  saved_step: int | None = None
+
+  def to_meta(self, config: ml_collections.ConfigDict, network: dict) -> dict:
+    """The checkpoint's JSON meta: the data position, the policy state, the loss sums, and
+    ``network`` (:func:`architecture`), which a later run compares with its own."""
+    return {'architecture': network, 'epoch': self.epoch, 'step_in_epoch': self.step_in_epoch,
+            'batch_size': config.batch_size,
+            'lr_policy': {k: float(v) for k, v in self.policy_state.items()},
+            'config_learning_rate': float(config.optim.learning_rate),
+            'loss_window': list(self.loss_window), 'loss_since_eval': list(self.loss_since_eval),
+            'last_eval': self.last_eval}
+
+  @classmethod
+  def from_checkpoint(cls, step: int, state: train_lib.TrainState, meta: dict) -> LoopState:
+    """The loop state a checkpoint (``step``, its state and :meth:`to_meta`'s meta) holds."""
+    return cls(state=state, step=int(step), epoch=int(meta['epoch']),
+               step_in_epoch=int(meta['step_in_epoch']),
+               policy_state=optim.policy_state_to_numpy(
+                   {k: np.asarray(v) for k, v in meta['lr_policy'].items()}),
+               loss_window=list(meta.get('loss_window', [0.0, 0])),
+               loss_since_eval=list(meta.get('loss_since_eval', [0.0, 0])),
+               last_eval=dict(meta.get('last_eval', {})), saved_step=int(step))
+
+  def add_losses(self, losses: list[float]) -> None:
+    self.loss_window = [self.loss_window[0] + sum(losses), self.loss_window[1] + len(losses)]
+    self.loss_since_eval = [self.loss_since_eval[0] + sum(losses),
+                            self.loss_since_eval[1] + len(losses)]
+
+  def epoch_position(self, steps_per_epoch: int) -> float:
+    """Epochs done, as a fraction (the x axis of the metrics)."""
+    return self.epoch + self.step_in_epoch / steps_per_epoch
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       start_over: bool = False) -> dict[str, Any]:
   """Trains (resuming from the workdir's latest intact checkpoint) and evaluates every epoch.
 
   What it does on each fault (the README's "When things go wrong"):
@@ -269,7 +353,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     same config, continues exactly as if never interrupted (state, rng, data position,
     learning-rate policy and running loss sums are all in the checkpoint).
   * a damaged latest checkpoint: warned about, moved to ``damaged_checkpoints/``, and the run
-    resumes from the newest intact one.
+    resumes from the newest intact one. When none is intact: ``NoIntactCheckpointError``,
+    nothing moved, unless ``start_over`` (every checkpoint is moved aside, training restarts).
+  * checkpoints of another network (read from the checkpoints, not config.json):
+    ``ConfigMismatchError``; nothing is moved or rewritten.
   * a NaN or Inf loss (or parameters): :class:`TrainingError` naming the step and the last
     good checkpoint; nothing is saved after it.
   * a failed checkpoint write (disk full): ``checkpoint.CheckpointWriteError``; earlier
@@ -282,13 +369,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Installed first: a preemption while the job starts up still ends it cleanly.
   with _StopRequest() as stop:
     s = setup(config)
-    from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-    checkpoint_lib.check_and_save_config(config, workdir, s.model.num_classes, write=is_main)
     check_free_space(workdir, state_bytes(s.abstract_state), config.checkpoint.keep)
     ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.checkpoint.keep,
                                        async_save=config.checkpoint.async_save)
     try:
-      result = _train(config, workdir, s, ckpts, stop, input_pipeline)
+      if start_over:
+        ckpts.set_aside_all()
+      result = _TrainingLoop(s, workdir, ckpts, stop).run()
     except Exception:
       # Let a save already under way finish: a process that exits mid-write loses it.
       try:
@@ -299,79 +386,263 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return result
 
 
-def _train(config, workdir, s: Setup, ckpts: checkpoint_lib.Checkpoints, stop: '_StopRequest',
-           input_pipeline) -> dict[str, Any]:
-  """The loop of :func:`train_and_evaluate`, from resuming to the final plots."""
-  is_main = jax.process_index() == 0
-  policy = optim.make_lr_policy(config.optim)
+class _TrainingLoop:
+  """The loop of :func:`train_and_evaluate`: resume or init, epochs, their ends, the finish."""
 
-  # Resume exactly where the last intact checkpoint left off, or start fresh.
-  restored = ckpts.restore_latest_intact(_abstract_sharded(s))
-  if restored is not None:
+  def __init__(self, s: Setup, workdir: str, ckpts: checkpoint_lib.Checkpoints,
+               stop: _StopRequest):
+    from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    self.s, self.config, self.workdir, self.ckpts, self.stop = s, s.config, workdir, ckpts, stop
+    self.pipeline = input_pipeline
+    self.is_main = jax.process_index() == 0
+    self.policy = optim.make_lr_policy(self.config.optim)
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(s.info.num_train_examples,
+                                                          self.config.batch_size)
+    if self.steps_per_epoch < 1:
+      raise ValueError(f'The training split has {s.info.num_train_examples} examples, fewer '
+                       f'than one batch of {self.config.batch_size}; lower '
+                       '--config.batch_size.')
+    self.network = architecture(s.model, self.config.data.crop_size)
+    self.loop: LoopState = None  # set by run()
+    self.total_steps = 0
+    self.writer = None
+    self._tick = (time.perf_counter(), 0)  # (time, step) of the last rate measurement
+
+  # --- starting -----------------------------------------------------------------------------
+  def resume_or_init(self) -> LoopState:
+    """The newest intact checkpoint's loop state, or a fresh one (step 0)."""
+    restored = self.ckpts.restore_latest_intact(_abstract_sharded(self.s), self.network)
+    if restored is None:
+      return LoopState(state=_initial_state(self.s),
+                       policy_state=self.policy.init(self.config.optim.learning_rate))
     step, state, meta = restored
-    epoch, step_in_epoch = int(meta['epoch']), int(meta['step_in_epoch'])
-    policy_state = optim.policy_state_to_numpy(
-        {k: np.asarray(v) for k, v in meta['lr_policy'].items()})
-    window = meta.get('loss_window', [0.0, 0])
-    since_eval = meta.get('loss_since_eval', [0.0, 0])
-    last_eval = meta.get('last_eval', {})
-    if is_main:
-      print(f'Resuming from checkpoint at step {step} (epoch {epoch}, step {step_in_epoch} of '
-            f'the epoch) in {ckpts.directory}.', flush=True)
-    policy_state = _rescale_learning_rate(policy, policy_state, meta, config, is_main)
-  else:
-    step, epoch, step_in_epoch = 0, 0, 0
-    state = _initial_state(s)
-    policy_state = policy.init(config.optim.learning_rate)
-    window, since_eval, last_eval = [0.0, 0], [0.0, 0], {}
-  state = state.replace(opt_state=optim.set_learning_rate(state.opt_state,
-                                                          policy.learning_rate(policy_state)))
-  # A resumed run drops the records written after its checkpoint; a fresh one starts empty.
-  writer = report.MetricsWriter(workdir, enabled=is_main, resume_step=step)
+    loop = LoopState.from_checkpoint(step, state, meta)
+    if self.is_main:
+      print(f'Resuming from checkpoint at step {step} (epoch {loop.epoch}, step '
+            f'{loop.step_in_epoch} of the epoch) in {self.ckpts.directory}.', flush=True)
+    loop.policy_state = _rescale_learning_rate(self.policy, loop.policy_state, meta,
+                                               self.config, self.is_main)
+    old_batch = int(meta.get('batch_size', self.config.batch_size))
+    if old_batch != self.config.batch_size:
+      loop.step_in_epoch = position_for_batch_size(loop.step_in_epoch, old_batch,
+                                                   self.config.batch_size, self.steps_per_epoch)
+      if self.is_main:
+        print(f'The batch size is {self.config.batch_size}, not {old_batch} as in the '
+              f'checkpoint: the epoch continues at batch {loop.step_in_epoch} of '
+              f'{self.steps_per_epoch}.', flush=True)
+    return loop
 
-  steps_per_epoch = input_pipeline.steps_per_epoch(s.info.num_train_examples, config.batch_size)
-  if steps_per_epoch < 1:
-    raise ValueError(f'The training split has {s.info.num_train_examples} examples, fewer than '
-                     f'one batch of {config.batch_size}; lower --config.batch_size.')
-  if restored is not None and int(meta.get('batch_size', config.batch_size)) != config.batch_size:
-    old_batch = int(meta['batch_size'])
-    step_in_epoch = position_for_batch_size(step_in_epoch, old_batch, config.batch_size,
-                                            steps_per_epoch)
-    if is_main:
-      print(f'The batch size is {config.batch_size}, not {old_batch} as in the checkpoint: the '
-            f'epoch continues at batch {step_in_epoch} of {steps_per_epoch}.', flush=True)
-  # The steps left to the end of the last epoch (the step count itself may hold batches of
-  # another size), capped by max_steps.
-  total_steps = step + (config.num_epochs - epoch) * steps_per_epoch - step_in_epoch
-  if config.max_steps > 0:
-    total_steps = min(total_steps, config.max_steps)
-  if is_main:
-    print(f'Data: {s.info.num_train_examples} training and {s.info.num_eval_examples} '
-          f'validation examples in {s.model.num_classes} classes; {steps_per_epoch} steps per '
-          f'epoch, {total_steps} steps in all.', flush=True)
-  saved_step = step if restored is not None else None  # the newest checkpoint on disk
+  def _count_total_steps(self) -> int:
+    """The steps to the end of the last epoch (the step count itself may hold batches of
+    another size), capped by max_steps."""
+    loop, config = self.loop, self.config
+    total = loop.step + (config.num_epochs - loop.epoch) * self.steps_per_epoch - loop.step_in_epoch
+    if config.max_steps > 0:
+      total = min(total, config.max_steps)
+    return total
 
-  def meta_now():
-    return {'epoch': epoch, 'step_in_epoch': step_in_epoch, 'batch_size': config.batch_size,
-            'lr_policy': {k: float(v) for k, v in policy_state.items()},
-            'config_learning_rate': float(config.optim.learning_rate),
-            'loss_window': list(window), 'loss_since_eval': list(since_eval),
-            'last_eval': last_eval}
+  def run(self) -> dict[str, Any]:
+    """Resumes or starts, trains epoch by epoch to the end (or a stop), then finishes."""
+    self.loop = self.resume_or_init()
+    loop = self.loop
+    if self.is_main:  # after the checkpoints accepted this network: a refused run writes nothing
+      info = run_info(self.s.model)
+      if loop.saved_step is not None:
+        _note_another_machine(self.workdir, info)
+      checkpoint_lib.save_config(self.config, self.workdir, self.s.model.num_classes, info)
+    loop.state = loop.state.replace(opt_state=optim.set_learning_rate(
+        loop.state.opt_state, self.policy.learning_rate(loop.policy_state)))
+    self.total_steps = self._count_total_steps()
+    pending = self._end_pending()
+    # A resumed run drops the records written after its checkpoint (and, when that step's
+    # evaluation is still to do, any record of it a failed resume wrote); a fresh one starts
+    # empty.
+    self.writer = report.MetricsWriter(self.workdir, enabled=self.is_main,
+                                       resume_step=loop.step, drop_evals_at_resume_step=pending)
+    if self.is_main:
+      info = self.s.info
+      print(f'Data: {info.num_train_examples} training and {info.num_eval_examples} validation '
+            f'examples in {self.s.model.num_classes} classes; {self.steps_per_epoch} steps per '
+            f'epoch, {self.total_steps} steps in all.', flush=True)
+    if pending:
+      self.end_epoch(replace=True)
+    stopped_by = None
+    while loop.step < self.total_steps:
+      # Arrived between epochs, during evaluation or while starting up.
+      stopped_by = self.agreed_stop(True) or self.run_epoch()
+      if stopped_by is not None and not self._at_end_of_epoch():
+        break
+      # A stop on an epoch's last step still ends the epoch (evaluates, saves), as one during
+      # its evaluation does: a checkpoint is never left with its epoch's end still to do.
+      self.end_epoch()
+      if stopped_by is not None:
+        break
+    if stopped_by is not None and loop.step != (loop.saved_step or 0):
+      self.save()
+    if loop.step >= self.total_steps:
+      stopped_by = None  # the stop came after the last step: the run is complete
+    return self.finish(stopped_by)
 
-  def diverged(what: str, parent_step: int) -> TrainingError:
+  def _at_end_of_epoch(self) -> bool:
+    return (self.loop.step_in_epoch >= self.steps_per_epoch or
+            self.loop.step >= self.total_steps)
+
+  def _end_pending(self) -> bool:
+    """Whether the checkpoint resumed from still has its epoch's end to do.
+
+    Only checkpoints of earlier versions, which saved a stop on an epoch's last step before
+    the end of the epoch: its evaluation, policy update and save are done now, in place.
+    """
+    loop = self.loop
+    if loop.saved_step is None:
+      return False
+    return (loop.step_in_epoch >= self.steps_per_epoch or
+            (loop.step >= self.total_steps and loop.last_eval.get('step') != loop.step))
+
+  # --- one epoch ----------------------------------------------------------------------------
+  def run_epoch(self) -> str | None:
+    """Trains to the end of the current epoch (or the run); returns the signal that stopped it."""
+    loop, config = self.loop, self.config
+    lr = self.policy.learning_rate(loop.policy_state)
+    progress = report.EpochProgress(loop.epoch, self.steps_per_epoch, loop.step_in_epoch,
+                                    enabled=self.is_main and config.progress_bar)
+    batches = self.pipeline.train_batches(config.data, global_batch_size=config.batch_size,
+                                          seed=config.seed, epoch=loop.epoch,
+                                          start_step=loop.step_in_epoch)
+    batches = device_feed.prefetch_to_device(batches, functools.partial(
+        layout_lib.place_batch, steps=self.s.steps), config.data.get('device_prefetch', 2))
+    self._tick = (time.perf_counter(), loop.step)
+    pending = []  # device metrics not yet read: reading each step would stall the pipeline
+    stopped_by = None
+    for batch in batches:
+      loop.state, metrics = self.s.steps.train_step(loop.state, batch)
+      loop.step += 1
+      loop.step_in_epoch += 1
+      pending.append(metrics['loss'])
+      at_log = loop.step % config.log_every_steps == 0
+      at_save = loop.step % config.checkpoint.every_steps == 0
+      end = loop.step_in_epoch >= self.steps_per_epoch or loop.step >= self.total_steps
+      stopped_by = self.agreed_stop(at_log or at_save or end)
+      if at_log or at_save or end or stopped_by or len(pending) >= 50:
+        self._read_losses(pending, progress)
+        pending = []
+      if at_log:
+        self.ckpts.check()  # a background save that failed (disk full) stops the run now
+        self._log_train(lr)
+      if stopped_by is not None or end:
+        break
+      if at_save:
+        self.save()
+    progress.close()
+    return stopped_by
+
+  def _read_losses(self, pending: list, progress: report.EpochProgress) -> None:
+    """Reads the pending device losses, checks them and adds them to the running sums."""
+    loop = self.loop
+    losses = [float(x) for x in jax.device_get(pending)]
+    for i, loss_value in enumerate(losses):
+      if not math.isfinite(loss_value):
+        raise self.diverged(f'a training loss of {loss_value}',
+                            loop.step - len(losses) + i)
+    loop.add_losses(losses)
+    now = time.perf_counter()
+    tick, tick_step = self._tick
+    rate = (loop.step - tick_step) * self.config.batch_size / max(now - tick, 1e-9)
+    progress.update(len(losses), loss=losses[-1], images_per_sec=rate)
+    self._tick = (now, loop.step)
+
+  def _log_train(self, lr: float) -> None:
+    loop = self.loop
+    if loop.loss_window[1]:
+      self.writer.write_train(loop.step, loop.epoch_position(self.steps_per_epoch), lr,
+                              loop.loss_window[0] / loop.loss_window[1])
+      loop.loss_window = [0.0, 0]
+
+  def agreed_stop(self, at_sync_point: bool) -> str | None:
+    """The signal to stop on, agreed by every process (a preemption may reach only one).
+
+    With several processes, they compare their requests only at steps that are sync points for
+    all of them; a process that stopped alone would leave the others waiting in a collective.
+    """
+    if jax.process_count() == 1:
+      return self.stop.signal_name
+    if not at_sync_point:
+      return None
+    asked = multihost_utils.process_allgather(np.int32(self.stop.signal_name is not None))
+    if not np.any(asked):
+      return None
+    return self.stop.signal_name or 'a signal to another process'
+
+  # --- the end of an epoch ------------------------------------------------------------------
+  def end_epoch(self, replace: bool = False) -> None:
+    """After an epoch (or the run's last step): evaluate when due, apply the policy, save
+    (``replace``: over a checkpoint of the same step, see :meth:`_end_pending`)."""
+    loop = self.loop
+    lr = self.policy.learning_rate(loop.policy_state)
+    if loop.step_in_epoch >= self.steps_per_epoch:
+      loop.epoch, loop.step_in_epoch = loop.epoch + 1, 0
+    val_error = None
+    # Evaluate at the end of every `every_epochs` epochs and of the run.
+    if loop.step >= self.total_steps or (loop.step_in_epoch == 0 and
+                                         loop.epoch % self.config.eval.every_epochs == 0):
+      val_error = self.evaluate_and_log(lr)['val_top1_error']
+      loop.policy_state = self.policy.update(loop.policy_state, epoch=loop.epoch,
+                                             val_top1_error=val_error)
+    elif loop.step_in_epoch == 0:
+      loop.policy_state = self.policy.update(loop.policy_state, epoch=loop.epoch)
+    new_lr = self.policy.learning_rate(loop.policy_state)
+    if new_lr != lr:
+      loop.state = loop.state.replace(opt_state=optim.set_learning_rate(loop.state.opt_state,
+                                                                         new_lr))
+      if self.is_main:
+        print(f'Learning rate {lr:.3g} -> {new_lr:.3g} at epoch {loop.epoch}.', flush=True)
+    self.save(val_error, replace=replace)
+
+  def evaluate_and_log(self, lr: float) -> dict[str, float]:
+    """Evaluates the current parameters; writes the eval record and the console summary."""
+    loop, config = self.loop, self.config
+    results = evaluate_params(self.s, loop.state.params, config.eval.ten_crop,
+                              config.eval.max_batches)
+    since = loop.loss_since_eval
+    train_loss = since[0] / since[1] if since[1] else None
+    loop.loss_since_eval = [0.0, 0]
+    at_epoch = loop.epoch_position(self.steps_per_epoch)
+    loop.last_eval = {**results, 'step': loop.step, 'epoch': at_epoch}
+    self.writer.write_eval(loop.step, at_epoch, lr, train_loss, results['val_top1_error'],
+                           results['val_top5_error'], val_loss=results['val_loss'])
+    if self.is_main:
+      summary = {**results, 'lr': lr}
+      if train_loss is not None:
+        summary['train_loss'] = train_loss
+      print(report.format_eval_summary(at_epoch, loop.step, summary), flush=True)
+    return results
+
+  # --- saving and failing -------------------------------------------------------------------
+  def save(self, val_error: float | None = None, replace: bool = False) -> None:
+    """Saves the loop state at its step, unless its parameters are not finite."""
+    loop = self.loop
+    # A finite loss so far does not make finite parameters (an overflowing update shows only
+    # in the next step's loss): never let a broken state push a good one out.
+    if not bool(_all_finite(loop.state.params)):
+      raise self.diverged('NaN or Inf in the parameters', loop.step - 1)
+    self.ckpts.save(loop.step, loop.state, loop.to_meta(self.config, self.network),
+                    val_top1_error=val_error, replace=replace)
+    loop.saved_step = loop.step
+
+  def diverged(self, what: str, parent_step: int) -> TrainingError:
     """The error for a non-finite value computed from the state after ``parent_step``."""
-    nonlocal saved_step
+    loop, ckpts = self.loop, self.ckpts
     ckpts.wait()
     moved = ''
-    if saved_step is not None and saved_step == parent_step:
+    if loop.saved_step is not None and loop.saved_step == parent_step:
       # That checkpoint holds the very parameters that diverged: resuming from it would only
       # diverge again, so it must not pass for a good one.
-      ckpts.set_aside([saved_step], f'its parameters gave a {what}')
-      moved = (f'; the checkpoint of step {saved_step}, whose parameters gave it, was moved to '
-               f'{ckpts.damaged_directory}')
-      saved_step = ckpts.latest_step()
-    if saved_step is not None:
-      where = (f'the last good checkpoint is step {saved_step} in {ckpts.directory}; run '
+      ckpts.set_aside([loop.saved_step], f'its parameters gave a {what}')
+      moved = (f'; the checkpoint of step {loop.saved_step}, whose parameters gave it, was '
+               f'moved to {ckpts.damaged_directory}')
+      loop.saved_step = ckpts.latest_step()
+    if loop.saved_step is not None:
+      where = (f'the last good checkpoint is step {loop.saved_step} in {ckpts.directory}; run '
                'again with a lower --config.optim.learning_rate to resume from it')
     else:
       where = ('no good checkpoint remains; lower --config.optim.learning_rate and train '
@@ -379,131 +650,24 @@ def _train(config, workdir, s: Setup, ckpts: checkpoint_lib.Checkpoints, stop: '
     return TrainingError(f'The training diverged: {what} at step {parent_step + 1}, and nothing '
                          f'was saved after it{moved} ({where}).')
 
-  def save(val_error=None):
-    nonlocal saved_step
-    # A finite loss so far does not make finite parameters (an overflowing update shows only
-    # in the next step's loss): never let a broken state push a good one out.
-    if not bool(_all_finite(state.params)):
-      raise diverged('NaN or Inf in the parameters', step - 1)
-    ckpts.save(step, state, meta_now(), val_top1_error=val_error)
-    saved_step = step
-
-  def check_finite(loss_value, at_step):
-    if not math.isfinite(loss_value):
-      raise diverged(f'a training loss of {loss_value}', at_step - 1)
-
-  def agreed_stop(at_sync_point: bool) -> str | None:
-    """The signal to stop on, agreed by every process (a preemption may reach only one).
-
-    With several processes, they compare their requests only at steps that are sync points for
-    all of them; a process that stopped alone would leave the others waiting in a collective.
-    """
-    if jax.process_count() == 1:
-      return stop.signal_name
-    if not at_sync_point:
-      return None
-    asked = multihost_utils.process_allgather(np.int32(stop.signal_name is not None))
-    if not np.any(asked):
-      return None
-    return stop.signal_name or 'a signal to another process'
-
-  stopped_by = None
-  while step < total_steps:
-    # Arrived between epochs, during evaluation or while starting up.
-    stopped_by = agreed_stop(True)
-    if stopped_by is not None:
-      break
-    lr = policy.learning_rate(policy_state)
-    progress = report.EpochProgress(epoch, steps_per_epoch, step_in_epoch,
-                                    enabled=is_main and config.progress_bar)
-    batches = input_pipeline.train_batches(config.data, global_batch_size=config.batch_size,
-                                           seed=config.seed, epoch=epoch,
-                                           start_step=step_in_epoch)
-    batches = device_feed.prefetch_to_device(batches, functools.partial(
-        layout_lib.place_batch, steps=s.steps), config.data.get('device_prefetch', 2))
-    tick, tick_step = time.perf_counter(), step
-    pending = []  # device metrics not yet read: reading each step would stall the pipeline
-    for batch in batches:
-      state, metrics = s.steps.train_step(state, batch)
-      step += 1
-      step_in_epoch += 1
-      pending.append(metrics['loss'])
-      at_log = step % config.log_every_steps == 0
-      at_save = step % config.checkpoint.every_steps == 0
-      end = step_in_epoch >= steps_per_epoch or step >= total_steps
-      stopped_by = agreed_stop(at_log or at_save or end)
-      if at_log or at_save or end or stopped_by or len(pending) >= 50:
-        losses = [float(x) for x in jax.device_get(pending)]
-        pending = []
-        for i, loss_value in enumerate(losses):
-          check_finite(loss_value, step - len(losses) + i + 1)
-        # Running sums (in the checkpoint too, so a resumed run logs the same numbers).
-        window = [window[0] + sum(losses), window[1] + len(losses)]
-        since_eval = [since_eval[0] + sum(losses), since_eval[1] + len(losses)]
-        now = time.perf_counter()
-        rate = (step - tick_step) * config.batch_size / max(now - tick, 1e-9)
-        progress.update(len(losses), loss=losses[-1], images_per_sec=rate)
-        tick, tick_step = now, step
-      if at_log:
-        ckpts.check()  # a background save that failed (disk full) stops the run now
-      if at_log and window[1]:
-        writer.write_train(step, epoch + step_in_epoch / steps_per_epoch, lr,
-                           window[0] / window[1])
-        window = [0.0, 0]
+  def finish(self, stopped_by: str | None) -> dict[str, Any]:
+    """Waits for the saves, closes the files, writes the plots; the result of the run."""
+    loop, ckpts = self.loop, self.ckpts
+    ckpts.close()
+    self.writer.close()
+    if self.is_main:
       if stopped_by is not None:
-        break
-      if at_save and not end:
-        save()
-      if end:
-        break
-    progress.close()
-    if stopped_by is not None:
-      break
-    if step_in_epoch >= steps_per_epoch:
-      epoch, step_in_epoch = epoch + 1, 0
-    # Evaluate at the end of every `every_epochs` epochs and of the run.
-    val_error = None
-    if step >= total_steps or (step_in_epoch == 0 and epoch % config.eval.every_epochs == 0):
-      results = evaluate_params(s, state.params, config.eval.ten_crop, config.eval.max_batches)
-      val_error = results['val_top1_error']
-      train_loss = since_eval[0] / since_eval[1] if since_eval[1] else None
-      since_eval = [0.0, 0]
-      at_epoch = epoch + step_in_epoch / steps_per_epoch
-      last_eval = {**results, 'step': step, 'epoch': at_epoch}
-      writer.write_eval(step, at_epoch, lr, train_loss, results['val_top1_error'],
-                        results['val_top5_error'], val_loss=results['val_loss'])
-      if is_main:
-        summary = {**results, 'lr': lr}
-        if train_loss is not None:
-          summary['train_loss'] = train_loss
-        print(report.format_eval_summary(at_epoch, step, summary), flush=True)
-      policy_state = policy.update(policy_state, epoch=epoch, val_top1_error=val_error)
-    elif step_in_epoch == 0:
-      policy_state = policy.update(policy_state, epoch=epoch)
-    new_lr = policy.learning_rate(policy_state)
-    if new_lr != lr:
-      state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, new_lr))
-      if is_main:
-        print(f'Learning rate {lr:.3g} -> {new_lr:.3g} at epoch {epoch}.', flush=True)
-    save(val_error)
-
-  if stopped_by is not None and step != (saved_step or 0):
-    save()
-  ckpts.close()
-  writer.close()
-  if is_main:
-    if stopped_by is not None:
-      if saved_step is None:
-        print(f'Stopped by {stopped_by} before the first step; nothing to save.', flush=True)
+        if loop.saved_step is None:
+          print(f'Stopped by {stopped_by} before the first step; nothing to save.', flush=True)
+        else:
+          print(f'Stopped by {stopped_by}: saved a checkpoint at step {loop.step} in '
+                f'{ckpts.directory}; run the same command to resume.', flush=True)
       else:
-        print(f'Stopped by {stopped_by}: saved a checkpoint at step {step} in '
-              f'{ckpts.directory}; run the same command to resume.', flush=True)
-    else:
-      write_plots(workdir, state.params)
-      print(f'Done: {step} steps. Checkpoints in {ckpts.directory}; metrics in '
-            f'{os.path.join(workdir, report.METRICS_FILE)}; plots in '
-            f'{os.path.join(workdir, "plots")}.', flush=True)
-  return {**last_eval, 'step': step, 'stopped_by': stopped_by}
+        write_plots(self.workdir, loop.state.params)
+        print(f'Done: {loop.step} steps. Checkpoints in {ckpts.directory}; metrics in '
+              f'{os.path.join(self.workdir, report.METRICS_FILE)}; plots in '
+              f'{os.path.join(self.workdir, "plots")}.', flush=True)
+    return {**loop.last_eval, 'step': loop.step, 'stopped_by': stopped_by}
 
 
 def position_for_batch_size(step_in_epoch: int, old_batch: int, new_batch: int,
@@ -539,6 +703,62 @@ def _rescale_learning_rate(policy, policy_state, meta, config, verbose: bool):
   return policy_state
 
 
+def cpu_model() -> str:
+  """The CPU's model name (``/proc/cpuinfo`` on Linux, else what the platform module knows)."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        if line.lower().startswith(('model name', 'hardware')):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine() or 'unknown'
+
+
+def run_info(model: model_lib.AlexNet) -> dict[str, Any]:
+  """What makes a run's numbers what they are, beyond its config (written to config.json).
+
+  A run is bit-reproducible on the same machine with the same library versions, not across
+  CPUs: this records the CPU, the library versions, the backend and the implementations the
+  'auto' model options resolved to, so that two users can see why their numbers differ. A
+  resume on another machine is allowed (and noted in the new config.json).
+  """
+  import flax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint  # pylint: disable=g-import-not-at-top
+  return {
+      'cpu': cpu_model(),
+      'backend': jax.default_backend(),
+      'devices': sorted({d.device_kind for d in jax.devices()}),
+      'device_count': jax.device_count(),
+      'process_count': jax.process_count(),
+      'python': platform.python_version(),
+      'versions': {'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
+                   'flax': flax.__version__, 'optax': optax.__version__,
+                   'orbax-checkpoint': orbax.checkpoint.__version__,
+                   'numpy': np.__version__},
+      'model_impls': dict(model.impls()),
+  }
+
+
+def _note_another_machine(workdir: str, info: dict[str, Any]) -> None:
+  """A note (not a refusal) when a run resumes on another CPU, library or implementation."""
+  try:
+    with open(os.path.join(workdir, checkpoint_lib.CONFIG_FILE), encoding='utf-8') as f:
+      before = json.load(f).get('run')
+  except (OSError, ValueError, AttributeError):  # missing or damaged: a record, nothing more
+    return
+  if not isinstance(before, dict):
+    return
+  changed = [key for key in ('cpu', 'backend', 'versions', 'model_impls')
+             if key in before and before[key] != info[key]]
+  if changed:
+    print(f'note: this workdir was trained with another {", ".join(changed)} before (see its '
+          f'{checkpoint_lib.CONFIG_FILE}); the run continues, but its numbers will not equal '
+          'those of an uninterrupted run there to every digit.', file=sys.stderr, flush=True)
+
+
 def write_plots(workdir: str, params) -> None:
   """``plots/curves.png`` from metrics.jsonl and ``plots/conv1_filters.png`` from ``params``."""
   plots = os.path.join(workdir, 'plots')
@@ -556,24 +776,22 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise FileNotFoundError(f'No checkpoint in {os.path.join(workdir, "checkpoints")}; train first '
                             f'with: python -m alexnet_jax.main --workdir {workdir}')
   s = setup(config)
-  checkpoint_lib.check_and_save_config(config, workdir, s.model.num_classes, write=False)
+  network = architecture(s.model, config.data.crop_size)
   ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False)
   step = ckpts.best_step() if which == 'best' else None
   label = 'best' if step is not None else 'latest'
   if step is None:
     # The newest intact one (damaged ones are reported and skipped, but left where they are).
-    restored = ckpts.restore_latest_intact(_abstract_sharded(s), set_aside=False)
-    if restored is None:
-      raise FileNotFoundError(f'No checkpoint in {ckpts.directory} restores; train again with: '
-                              f'python -m alexnet_jax.main --workdir {workdir}')
-    step, state, _ = restored
+    step, state, _ = ckpts.restore_latest_intact(_abstract_sharded(s), network, set_aside=False)
   else:
     try:
-      state, _ = ckpts.restore(step, _abstract_sharded(s))
+      state, _ = ckpts.restore_checked(step, _abstract_sharded(s), network)
+    except checkpoint_lib.ConfigMismatchError:
+      raise
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f'The best checkpoint (step {step}) in {ckpts.directory} is damaged ('
-                       f'{type(e).__name__}); evaluate the newest intact one with '
-                       '--checkpoint=latest.') from e
+                       f'{checkpoint_lib.damage_reason(e)}); evaluate the newest intact one '
+                       'with --checkpoint=latest.') from e
   ckpts.close()
   results = {'step': int(step), 'checkpoint': label}
   for name, ten_crop in (('centre_crop', False), ('ten_crop', True)):

@@ -25,3 +25,78 @@ jax.config.update('jax_enable_x64', False)
 
 def pytest_report_header(config):
   return f'jax {jax.__version__}, devices: {jax.devices()}'
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny runs of the main job: in-process (cheap: one compilation for many runs) and the
+# subprocess helpers of tiny_config (a user's command line).
+# --------------------------------------------------------------------------------------------
+import dataclasses  # noqa: E402
+import signal  # noqa: E402
+
+import pytest  # noqa: E402
+
+import tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def tiny_session(tmp_path_factory) -> tiny_config.Session:
+  """The session's image folder and compilation cache for subprocess runs (tiny_config)."""
+  return tiny_config.session(tmp_path_factory)
+
+
+@pytest.fixture(scope='session')
+def tiny_reference(tiny_session, tmp_path_factory):
+  """(workdir, result) of the uninterrupted subprocess tiny run; runs once. Read it only."""
+  return tiny_config.reference_run(tmp_path_factory)
+
+
+class InProcessRuns:
+  """Runs ``trainer.train_and_evaluate`` in this process on small configs.
+
+  Each distinct config is set up (and its steps compiled) once; ``stop_after_train_steps``
+  and ``stop_in_eval`` send this process a real SIGTERM at that point, which the loop's
+  handler turns into a stop request, as a cluster's preemption would.
+  """
+
+  def __init__(self, base: str):
+    from alexnet_jax import trainer  # pylint: disable=g-import-not-at-top
+    self.trainer = trainer
+    self.paths = tiny_config.Session(base)  # the image folder, and new_dir
+    self.folder, self.new_dir = self.paths.folder, self.paths.new_dir
+    self._setups = {}
+    self._real_setup = trainer.setup
+
+  def setup(self, config):
+    key = config.to_json_best_effort(sort_keys=True)
+    if key not in self._setups:
+      self._setups[key] = self._real_setup(config)
+    return self._setups[key]
+
+  def run(self, config, workdir, monkeypatch, stop_after_train_steps: int | None = None,
+          stop_in_eval: bool = False, **kwargs):
+    base = self.setup(config)
+    calls = {'train': 0}
+
+    def train_step(state, batch):
+      out = base.steps.train_step(state, batch)
+      calls['train'] += 1
+      if calls['train'] == stop_after_train_steps:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return out
+
+    def eval_step(params, batch):
+      if stop_in_eval:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return base.steps.eval_step(params, batch)
+
+    steps = dataclasses.replace(base.steps, train_step=train_step, eval_step=eval_step)
+    s = dataclasses.replace(base, steps=steps)
+    with monkeypatch.context() as m:
+      m.setattr(self.trainer, 'setup', lambda c: s)
+      return self.trainer.train_and_evaluate(config, workdir, **kwargs)
+
+
+@pytest.fixture(scope='session')
+def in_process_runs(tmp_path_factory) -> InProcessRuns:
+  return InProcessRuns(str(tmp_path_factory.mktemp('in_process')))

@@ -21,24 +21,13 @@ import tiny_config as tiny
 TRACEBACK = 'Traceback (most recent call last)'
 
 
-@pytest.fixture(scope='module')
-def sess(tmp_path_factory):
-  return tiny.session(tmp_path_factory)
-
-
-@pytest.fixture(scope='module')
-def reference(sess, tmp_path_factory):
-  """(workdir, result) of the uninterrupted tiny run (shared with test_reliability; read-only)."""
-  return tiny.reference_run(tmp_path_factory)
-
-
 def _records(workdir, event):
   return [r for r in tiny.read_metrics(workdir) if r['event'] == event]
 
 
 @pytest.mark.timeout(600)
-def test_run_writes_checkpoints_metrics_tensorboard_plots_and_config(reference):
-  workdir, result = reference
+def test_run_writes_checkpoints_metrics_tensorboard_plots_and_config(tiny_reference):
+  workdir, result = tiny_reference
   assert result.returncode == 0, result
   assert TRACEBACK not in result.output
   assert f'Done: {tiny.TOTAL_STEPS} steps.' in result.stdout
@@ -106,14 +95,22 @@ def test_run_writes_checkpoints_metrics_tensorboard_plots_and_config(reference):
   assert saved['model']['num_classes'] == tiny.NUM_CLASSES
   assert saved['batch_size'] == 4 and saved['data']['source'] == 'folder'
   assert saved['checkpoint']['every_steps'] == tiny.CHECKPOINT_EVERY
+  # What makes the numbers what they are beyond the config (issue 16): machine, versions, the
+  # implementations 'auto' resolved to.
+  import jax  # pylint: disable=g-import-not-at-top
+  run = saved['run']
+  assert run['versions']['jax'] == jax.__version__ and run['backend'] == 'cpu'
+  assert run['cpu'] and run['device_count'] == 2
+  assert set(run['model_impls']) >= {'pool_impl', 'conv_impl', 'conv1_impl'}
+  assert 'auto' not in run['model_impls'].values()
 
 
 @pytest.mark.timeout(600)
-def test_a_second_invocation_resumes_from_the_step_the_first_reached(sess, reference):
+def test_a_second_invocation_resumes_from_the_step_the_first_reached(tiny_session, tiny_reference):
   """The finished reference run, continued for one more epoch in a copy of its workdir."""
-  ref_dir, _ = reference
-  workdir = tiny.copy_workdir(ref_dir, os.path.join(sess.new_dir('resume'), 'run'))
-  result = sess.run(sess.command(workdir, '--config.num_epochs=3'), timeout=400)
+  ref_dir, _ = tiny_reference
+  workdir = tiny.copy_workdir(ref_dir, os.path.join(tiny_session.new_dir('resume'), 'run'))
+  result = tiny_session.run(tiny_session.command(workdir, '--config.num_epochs=3'), timeout=400)
   assert result.returncode == 0, result
   assert TRACEBACK not in result.output
   assert (f'Resuming from checkpoint at step {tiny.TOTAL_STEPS} (epoch {tiny.NUM_EPOCHS}, step 0 '
@@ -134,10 +131,11 @@ def test_a_second_invocation_resumes_from_the_step_the_first_reached(sess, refer
 
 
 @pytest.mark.timeout(600)
-def test_eval_mode_reports_centre_and_ten_crop_errors_of_the_best_checkpoint(sess, reference):
-  ref_dir, _ = reference
+def test_eval_mode_reports_centre_and_ten_crop_errors_of_the_best_checkpoint(
+    tiny_session, tiny_reference):
+  ref_dir, _ = tiny_reference
   before = sorted(os.listdir(ref_dir))
-  result = sess.run(sess.command(ref_dir, '--mode=eval'), timeout=400)
+  result = tiny_session.run(tiny_session.command(ref_dir, '--mode=eval'), timeout=400)
   assert result.returncode == 0, result
   assert TRACEBACK not in result.output
   pattern = (r'checkpoint step (\d+) \((best|latest)\), (centre crop|ten crop): top-1 error '
@@ -161,17 +159,18 @@ def test_eval_mode_reports_centre_and_ten_crop_errors_of_the_best_checkpoint(ses
 
 
 @pytest.mark.timeout(600)
-def test_a_config_of_another_network_is_refused_naming_the_difference(sess, reference):
+def test_a_config_of_another_network_is_refused_naming_the_difference(tiny_session, tiny_reference):
   """The workdir's run has 2 classes; the same command on a 3-class folder must not touch it."""
-  ref_dir, _ = reference
-  folder = os.path.join(sess.new_dir('three_classes'), 'images')
-  shutil.copytree(sess.folder, folder)
+  ref_dir, _ = tiny_reference
+  folder = os.path.join(tiny_session.new_dir('three_classes'), 'images')
+  shutil.copytree(tiny_session.folder, folder)
   for split in ('train', 'val'):
     shutil.copytree(os.path.join(folder, split, 'class1'), os.path.join(folder, split, 'class2'))
   config_before = open(os.path.join(ref_dir, 'config.json'), encoding='utf-8').read()
   steps_before = tiny.checkpoint_steps(ref_dir)
 
-  result = sess.run(sess.command(ref_dir, f'--config.data.folder={folder}'), timeout=300)
+  result = tiny_session.run(
+      tiny_session.command(ref_dir, f'--config.data.folder={folder}'), timeout=300)
   assert result.returncode == 2, result
   assert TRACEBACK not in result.output
   errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
@@ -235,3 +234,33 @@ def test_launcher_detection_needs_several_processes(monkeypatch, env, expected):
   for name, value in env.items():
     monkeypatch.setenv(name, value)
   assert main_lib._launched_as_multiprocess_job() is expected  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('error, code, text', [
+    (ValueError('the batch is wrong; do this.'), 2, 'error: the batch is wrong; do this.\n'),
+    (TypeError("unsupported operand type(s) for +: 'int' and 'str'"), 1,
+     "error: TypeError: unsupported operand type(s) for +: 'int' and 'str' (at "),
+    (KeyError('epoch'), 1, "error: KeyError: 'epoch' (at "),
+])
+@pytest.mark.parametrize('traceback_env', [False, True])
+def test_user_errors_exit_2_programming_errors_exit_1_with_or_without_the_traceback(
+    monkeypatch, capsys, error, code, text, traceback_env):
+  """A TypeError or KeyError raised by our code is a programming error (exit 1, with where it
+  happened), not a one-line user error; ALEXNET_JAX_TRACEBACK=1 adds the traceback and keeps
+  the exit status."""
+  from alexnet_jax import main as main_lib
+
+  def fail(*args, **kwargs):
+    raise error
+
+  monkeypatch.setattr(main_lib.app, 'run', fail)
+  if traceback_env:
+    monkeypatch.setenv('ALEXNET_JAX_TRACEBACK', '1')
+  else:
+    monkeypatch.delenv('ALEXNET_JAX_TRACEBACK', raising=False)
+  with pytest.raises(SystemExit) as raised:
+    main_lib.run()
+  assert raised.value.code == code
+  err = capsys.readouterr().err
+  assert text in err
+  assert (TRACEBACK in err) == traceback_env

@@ -27,17 +27,6 @@ from alexnet_jax import trainer
 TRACEBACK = 'Traceback (most recent call last)'
 
 
-@pytest.fixture(scope='module')
-def sess(tmp_path_factory):
-  return tiny.session(tmp_path_factory)
-
-
-@pytest.fixture(scope='module')
-def reference(sess, tmp_path_factory):
-  """(workdir, result) of the uninterrupted run (shared with test_main; read-only)."""
-  return tiny.reference_run(tmp_path_factory)
-
-
 def _error_lines(text: str) -> list[str]:
   return [line for line in text.splitlines() if line.startswith('error: ')]
 
@@ -85,7 +74,7 @@ def _assert_same_checkpoint(workdir_a: str, workdir_b: str, step: int) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_kill_9_at_three_points_and_a_damaged_checkpoint_then_resume_is_bit_identical(
-    sess, reference):
+    tiny_session, tiny_reference):
   """One chained scenario with the reference's exact command (checkpoints at 2, 4, 6, 8):
 
   1. kill -9 mid-epoch, once step 3 is logged;
@@ -99,11 +88,11 @@ def test_kill_9_at_three_points_and_a_damaged_checkpoint_then_resume_is_bit_iden
   policy state, and every train loss and eval record in metrics.jsonl equal the
   uninterrupted run's exactly.
   """
-  ref_dir, _ = reference
-  workdir = sess.new_dir('killed')
+  ref_dir, _ = tiny_reference
+  workdir = tiny_session.new_dir('killed')
   ckpt_dir = os.path.join(workdir, 'checkpoints')
-  cmd = sess.command(workdir)
-  logs = [os.path.join(sess.base, f'killed_{i}_{os.getpid()}.log') for i in range(3)]
+  cmd = tiny_session.command(workdir)
+  logs = [os.path.join(tiny_session.base, f'killed_{i}_{os.getpid()}.log') for i in range(3)]
 
   def logged_step(n):
     return lambda: any(r['event'] == 'train' and r['step'] >= n
@@ -116,21 +105,21 @@ def test_kill_9_at_three_points_and_a_damaged_checkpoint_then_resume_is_bit_iden
   procs = []
   try:
     # 1. Mid-epoch.
-    procs.append(sess.start(cmd, logs[0]))
+    procs.append(tiny_session.start(cmd, logs[0]))
     tiny.wait_until(logged_step(3), procs[-1], 300, logs[0])
     tiny.kill_group(procs[-1])
     after_first = tiny.checkpoint_steps(workdir)
     assert after_first in ([], [2])  # step 2's background save may have been cut off
 
     # 2. Right after a save: the moment step 4's directory is renamed into place.
-    procs.append(sess.start(cmd, logs[1]))
+    procs.append(tiny_session.start(cmd, logs[1]))
     tiny.wait_until(lambda: os.path.isdir(os.path.join(ckpt_dir, '4')), procs[-1], 300, logs[1],
                     poll=0.002)
     tiny.kill_group(procs[-1])
     assert ('Resuming from checkpoint at step 2' in _read(logs[1])) == (after_first == [2])
 
     # 3. During a save.
-    procs.append(sess.start(cmd, logs[2]))
+    procs.append(tiny_session.start(cmd, logs[2]))
     tiny.wait_until(saving(6), procs[-1], 300, logs[2], poll=0.002)
     tiny.kill_group(procs[-1])
     assert 'Resuming from checkpoint at step 4' in _read(logs[2])
@@ -148,7 +137,7 @@ def test_kill_9_at_three_points_and_a_damaged_checkpoint_then_resume_is_bit_iden
       path = os.path.join(root, name)
       with open(path, 'r+b') as f:
         f.truncate(os.path.getsize(path) // 2)
-  result = sess.run(cmd, timeout=400)
+  result = tiny_session.run(cmd, timeout=400)
   assert result.returncode == 0, result
   assert TRACEBACK not in result.output, result
   assert re.search(r'warning: checkpoint 4 in \S+ is damaged or incomplete', result.output), result
@@ -167,16 +156,21 @@ def test_kill_9_at_three_points_and_a_damaged_checkpoint_then_resume_is_bit_iden
 # --------------------------------------------------------------------------------------------
 # SIGTERM / SIGINT
 # --------------------------------------------------------------------------------------------
-@pytest.mark.timeout(400)
-def test_sigterm_finishes_the_step_saves_and_exits_0(sess):
+@pytest.mark.timeout(800)
+def test_sigterm_finishes_the_step_saves_and_exits_0_and_the_resume_ends_as_uninterrupted(
+    tiny_session, tiny_reference):
   """Preemption: SIGTERM after the first step; the job saves where it is and exits 0.
 
   Periodic checkpoints are off (every 100 steps), so the checkpoint there is the one SIGTERM
-  made, and it holds the step the message names.
+  made, and it holds the step the message names. The same command then resumes from it and
+  ends with the uninterrupted run's final checkpoint and records (a real signal to a real
+  process; tests/test_stop_anywhere.py stops after every step in process).
   """
-  workdir = sess.new_dir('sigterm')
-  log = os.path.join(workdir, 'log.txt')
-  proc = sess.start(sess.command(workdir, '--config.checkpoint.every_steps=100'), log)
+  ref_dir, _ = tiny_reference
+  workdir = tiny_session.new_dir('sigterm')
+  log = os.path.join(tiny_session.base, f'sigterm_{os.getpid()}.log')
+  cmd = tiny_session.command(workdir, '--config.checkpoint.every_steps=100')
+  proc = tiny_session.start(cmd, log)
   try:
     tiny.wait_until(lambda: any(r['event'] == 'train' for r in tiny.read_metrics(workdir)),
                     proc, 300, log)
@@ -198,6 +192,13 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(sess):
   assert int(state['step']) == step
   assert meta['epoch'] * tiny.STEPS_PER_EPOCH + meta['step_in_epoch'] == step
   assert max(r['step'] for r in tiny.read_metrics(workdir)) <= step
+
+  result = tiny_session.run(cmd, timeout=400)
+  assert result.returncode == 0, result
+  assert f'Resuming from checkpoint at step {step}' in result.stdout
+  _assert_same_checkpoint(ref_dir, workdir, tiny.TOTAL_STEPS)
+  assert _train_records(workdir) == _train_records(ref_dir)
+  assert _eval_records(workdir) == _eval_records(ref_dir)
 
 
 def test_sigint_asks_to_stop_and_a_second_sigint_stops_at_once():
@@ -227,7 +228,7 @@ def test_sigint_asks_to_stop_and_a_second_sigint_stops_at_once():
 # Divergence
 # --------------------------------------------------------------------------------------------
 @pytest.mark.timeout(400)
-def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(sess, reference):
+def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tiny_session, tiny_reference):
   """The reference run continued with an absurd learning rate (1e30) diverges at once.
 
   The job stops with one error naming the step and the last good checkpoint (step 8, which
@@ -235,9 +236,9 @@ def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(sess, refer
   parameters gave the NaN (saved just before it, checkpoints every step) is moved aside, so
   nothing broken is left among the checkpoints.
   """
-  ref_dir, _ = reference
-  workdir = tiny.copy_workdir(ref_dir, os.path.join(sess.new_dir('nan'), 'run'))
-  result = sess.run(sess.command(workdir, '--config.num_epochs=3',
+  ref_dir, _ = tiny_reference
+  workdir = tiny.copy_workdir(ref_dir, os.path.join(tiny_session.new_dir('nan'), 'run'))
+  result = tiny_session.run(tiny_session.command(workdir, '--config.num_epochs=3',
                                  '--config.optim.learning_rate=1e30',
                                  '--config.checkpoint.every_steps=1'), timeout=400)
   line = _assert_one_clear_error(result, returncode=1)
@@ -295,19 +296,21 @@ def test_a_changed_batch_size_continues_the_epoch_after_the_examples_seen(
 # Disk full
 # --------------------------------------------------------------------------------------------
 @pytest.mark.timeout(400)
-def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_earlier_checkpoints(sess, reference):
+def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_earlier_checkpoints(
+    tiny_session, tiny_reference):
   """A write that fails at the OS level, simulated honestly: the resumed job runs under
   RLIMIT_FSIZE=64 MiB, so Orbax's background write of the first new checkpoint (~460 MB)
   fails with EFBIG ("File too large"), as a full disk fails with ENOSPC. The job reports the
   step and the intact latest checkpoint in one error, leaves no partial directory, and the
   earlier checkpoints still restore to the reference's values.
   """
-  ref_dir, _ = reference
-  workdir = tiny.copy_workdir(ref_dir, os.path.join(sess.new_dir('disk_full'), 'run'))
+  ref_dir, _ = tiny_reference
+  workdir = tiny.copy_workdir(ref_dir, os.path.join(tiny_session.new_dir('disk_full'), 'run'))
   # bash's ulimit -f counts KiB. Python ignores SIGXFSZ, so a write past the limit fails with
   # EFBIG, as one on a full disk fails with ENOSPC.
   limited = ['bash', '-c', 'ulimit -f 65536 && exec "$@"', 'bash']
-  result = sess.run(limited + sess.command(workdir, '--config.num_epochs=3'), timeout=400)
+  result = tiny_session.run(
+      limited + tiny_session.command(workdir, '--config.num_epochs=3'), timeout=400)
   line = _assert_one_clear_error(result)
   assert 'Resuming from checkpoint at step 8' in result.stdout
   expected = (r'error: Could not write the checkpoint of step 10 in \S+ \(File too large\); the '
@@ -335,19 +338,19 @@ def test_too_little_free_space_is_refused_before_training(tmp_path, monkeypatch,
     trainer.check_free_space(str(tmp_path), one_checkpoint, keep=3)
   disk_with(one_checkpoint * 2)  # room for one more, not for the 4 a run keeps at most
   trainer.check_free_space(str(tmp_path), one_checkpoint, keep=3)
-  assert 'may fill up' in capsys.readouterr().out
+  assert 'may fill up' in capsys.readouterr().err  # warnings go to stderr
   disk_with(one_checkpoint * 5)
   trainer.check_free_space(str(tmp_path), one_checkpoint, keep=3)
-  assert capsys.readouterr().out == ''
+  assert capsys.readouterr() == ('', '')
 
 
 # --------------------------------------------------------------------------------------------
 # Bad input: one clear sentence each, nothing lost
 # --------------------------------------------------------------------------------------------
-def test_bad_files_in_the_folder_are_skipped_counted_and_training_goes_on(reference):
+def test_bad_files_in_the_folder_are_skipped_counted_and_training_goes_on(tiny_reference):
   """The reference's folder holds a corrupt JPEG, a zero-byte file and a text file (skipped,
   counted in one warning) and a 1x1 PNG and an RGBA PNG (kept: 14 good + 2 = 16 examples)."""
-  _, result = reference
+  _, result = tiny_reference
   warnings = [line for line in result.output.splitlines() if line.startswith('warning: ')]
   skipped = [line for line in warnings if 'not readable images and were skipped' in line]
   assert len(skipped) == 1, result
@@ -390,7 +393,30 @@ def _bad_input_cases(s: tiny.Session) -> dict:
           r'No checkpoint in \S+w3/checkpoints; train first with: python -m alexnet_jax\.main'),
       'batch_not_divisible': (
           s.command(work('w4'), '--config.batch_size=5'), 2,
-          r'The global batch size 5 does not divide over the 2 devices .*choose a multiple of 2'),
+          r'config\.batch_size: The global batch size 5 does not divide over the 2 devices .*'
+          r'choose a multiple of 2'),
+      'eval_batch_not_divisible': (
+          s.command(work('w10'), '--config.eval.batch_size=3'), 2,
+          r'config\.eval\.batch_size: The global batch size 3 does not divide over the 2 '
+          r'devices'),
+      'zero_batch_size': (
+          s.command(work('w11'), '--config.batch_size=0'), 2,
+          r'config\.batch_size must be an integer from 1 to \d+, not 0; set --config\.batch_size'),
+      'negative_batch_size': (
+          s.command(work('w12'), '--config.batch_size=-3'), 2,
+          r'config\.batch_size must be an integer from 1 to \d+, not -3'),
+      'zero_checkpoint_interval': (
+          s.command(work('w13'), '--config.checkpoint.every_steps=0'), 2,
+          r'config\.checkpoint\.every_steps must be an integer >= 1, not 0'),
+      'zero_log_interval': (
+          s.command(work('w14'), '--config.log_every_steps=0'), 2,
+          r'config\.log_every_steps must be an integer >= 1, not 0'),
+      'zero_eval_interval': (
+          s.command(work('w15'), '--config.eval.every_epochs=0'), 2,
+          r'config\.eval\.every_epochs must be an integer >= 1, not 0'),
+      'folder_is_a_file': (
+          s.command(work('w16'), f'--config.data.folder={a_file}'), 2,
+          r'config\.data\.folder \S+a_file is a file, not a directory'),
       'mesh_too_large': (
           s.command(work('w5'), '--config.mesh.data=4'), 2,
           r'The mesh asks for 4 x 1 = 4 devices but only 2 exist; set mesh\.data and mesh\.model'),
@@ -415,17 +441,20 @@ def _bad_input_cases(s: tiny.Session) -> dict:
 
 _CASE_NAMES = ('unknown_config_key', 'wrongly_typed_value', 'workdir_is_a_file',
                'workdir_unwritable', 'eval_without_checkpoint', 'batch_not_divisible',
-               'mesh_too_large', 'class_count_differs', 'empty_class_folder', 'missing_folder',
+               'eval_batch_not_divisible', 'zero_batch_size', 'negative_batch_size',
+               'zero_checkpoint_interval', 'zero_log_interval', 'zero_eval_interval',
+               'folder_is_a_file', 'mesh_too_large', 'class_count_differs', 'empty_class_folder',
+               'missing_folder',
                'missing_imagenet')
 
 
 @pytest.fixture(scope='module')
-def bad_input_results(sess):
+def bad_input_results(tiny_session):
   """Every bad-input command, run two at a time (most fail within seconds)."""
-  cases = _bad_input_cases(sess)
+  cases = _bad_input_cases(tiny_session)
   assert tuple(cases) == _CASE_NAMES
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    futures = {name: pool.submit(sess.run, cmd, 180) for name, (cmd, _, _) in cases.items()}
+    futures = {name: pool.submit(tiny_session.run, cmd, 180) for name, (cmd, _, _) in cases.items()}
     return {name: (cases[name], futures[name].result()) for name in cases}
 
 
