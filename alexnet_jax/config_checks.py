@@ -119,6 +119,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'data.shuffle_buffer': _POSITIVE,
     'data.num_parallel_calls': _THREADS,
     'data.prefetch': _int_in(0, MAX_THREADS, also=(-1,), what='-1: let tf.data choose'),
+    'data.device_prefetch': _int_in(0, 64, what='batches placed on the devices ahead'),
     'data.threadpool_size': _int_in(0, MAX_THREADS, what='0: tf.data\'s default'),
     'data.val_fraction': _float_in(0.0, 1.0, low_open=True, high_open=True),
     'optim.learning_rate': _float_in(0.0, low_open=True),

@@ -36,6 +36,7 @@ SENSIBLE = {
     ('data.num_parallel_calls', -1),        # AUTOTUNE
     ('data.prefetch', 0), ('data.prefetch', -1),
     ('data.threadpool_size', 0),
+    ('data.device_prefetch', 0),            # each batch placed just before its step
     ('optim.learning_rate', HUGE_FLOAT),    # diverges: a clear TrainingError
     ('optim.momentum', 0),
     ('optim.weight_decay', 0), ('optim.weight_decay', HUGE_FLOAT),  # diverges: TrainingError
