@@ -86,8 +86,8 @@ from alexnet_jax.ops.conv import (NARROW_CONV_CHANNELS, Conv1Impl, ConvImpl,  # 
                                   conv_weight_grad_matmul, grouped_conv, space_to_depth_blocks,
                                   space_to_depth_conv)
 from alexnet_jax.ops.lrn import (LocalResponseNorm, LrnGrad, LrnImpl,  # noqa: F401
-                                 local_response_norm, lrn_window)
-from alexnet_jax.ops.pool import PoolImpl, adaptive_avg_pool, max_pool  # noqa: F401
+                                 WindowSum, local_response_norm, lrn_window)
+from alexnet_jax.ops.pool import PoolFn, PoolImpl, adaptive_avg_pool, max_pool  # noqa: F401
 
 Array = jax.Array
 Dtype = Any
@@ -294,6 +294,11 @@ class AlexNet(nn.Module):
       takes :data:`CPU_IMPLS` when JAX's default backend is the CPU (the fastest measured on
       XLA:CPU, experiments/PERF.md) and :data:`XLA_NATIVE_IMPLS` elsewhere (XLA's own
       convolution gradients, grouped convolutions and pooling, which GPUs and TPUs run well).
+      The package holds what a default picks and XLA's own path of each op (the tests'
+      reference); variants that only an experiment times (other LRN window sums, a max-pool
+      of strided slices) live in experiments/lrn_formulations.py and
+      experiments/bench/model_options.py and come in as functions: ``lrn_impl`` takes a
+      :data:`WindowSum`, ``pool_impl`` a :data:`PoolFn`.
     model_axis, model_parallel_convs, model_parallel_fcs: model parallelism inside
       ``jax.shard_map`` (see the module docstring); leave ``model_axis=None`` on one device or
       in pure data parallelism.
@@ -316,8 +321,8 @@ class AlexNet(nn.Module):
   init_scheme: Literal['paper', 'caffe'] = 'paper'
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
-  pool_impl: PoolImpl | Auto = 'auto'
-  lrn_impl: LrnImpl = 'reduce_window'
+  pool_impl: PoolImpl | PoolFn | Auto = 'auto'
+  lrn_impl: LrnImpl | WindowSum = 'reduce_window'
   conv_impl: ConvImpl | Auto = 'auto'
   lrn_grad: LrnGrad = 'closed_form'
   conv_weight_grad: WeightGrad | Auto = 'auto'
@@ -335,14 +340,21 @@ class AlexNet(nn.Module):
     return (nn.initializers.normal(scheme['std'][name]),
             nn.initializers.constant(scheme['bias'][name]))
 
-  def impls(self) -> dict[str, str]:
-    """Every implementation option in effect, 'auto' resolved for JAX's default backend."""
+  def _impl_values(self) -> dict[str, Any]:
+    """Every implementation option, 'auto' resolved for JAX's default backend."""
     table = CPU_IMPLS if jax.default_backend() == 'cpu' else XLA_NATIVE_IMPLS
     chosen = {name: getattr(self, name) for name in CPU_IMPLS}
     resolved = {name: table[name] if value == 'auto' else value for name, value in chosen.items()}
     return {**resolved, 'lrn_impl': self.lrn_impl, 'lrn_grad': self.lrn_grad}
 
-  def _norm_pool(self, x: Array, lrn_groups: int, pool_impl: str) -> Array:
+  def impls(self) -> dict[str, str]:
+    """Every implementation option in effect, 'auto' resolved for JAX's default backend; an
+    experiment's function is named by its module and name."""
+    return {name: value if isinstance(value, str) else
+            f'{getattr(value, "__module__", "")}.{getattr(value, "__qualname__", repr(value))}'
+            for name, value in self._impl_values().items()}
+
+  def _norm_pool(self, x: Array, lrn_groups: int, pool_impl: PoolImpl | PoolFn) -> Array:
     def lrn(y):
       if not self.use_lrn:
         return y
@@ -371,7 +383,7 @@ class AlexNet(nn.Module):
       if features % fc_shards:
         raise ValueError(f'{name}: {features} outputs do not split over {fc_shards} devices.')
 
-  def _features(self, x: Array, conv_axis: str | None, impls: dict[str, str]) -> Array:
+  def _features(self, x: Array, conv_axis: str | None, impls: dict[str, Any]) -> Array:
     """conv1 .. pool5 (and the average pool, if any): images -> the map fc6 flattens."""
     conv_shards = _axis_size(conv_axis)
     for name, features, ksize, stride, pad, groups in self.conv_layers:
@@ -420,7 +432,8 @@ class AlexNet(nn.Module):
     conv_axis = self.model_axis if self.model_parallel_convs else None
     fc_axis = self.model_axis if self.model_parallel_fcs else None
     self._check_shards(_axis_size(conv_axis), _axis_size(fc_axis))
-    x = self._features(images.astype(self.dtype or self.param_dtype), conv_axis, self.impls())
+    x = self._features(images.astype(self.dtype or self.param_dtype), conv_axis,
+                       self._impl_values())
     x = _gather_features(x, conv_axis)  # fc6 sees both towers' (6, 6, 128) maps, HWC order.
     if self.model_axis is not None and fc_axis is not None and conv_axis is None:
       # "One weird trick": convs ran data-parallel over the model axis too; the fc layers see

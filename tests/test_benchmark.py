@@ -19,6 +19,7 @@ from alexnet_jax.ops import conv as conv_ops
 from experiments.bench import configs
 from experiments.bench import flops as flops_lib
 from experiments.bench import gpu
+from experiments.bench import model_options
 from experiments.bench import profile_layers
 from experiments.bench import report
 from experiments.bench import steps
@@ -80,6 +81,37 @@ def test_parse_config_presets_and_json():
   assert c.xla_flags == '--xla_cpu_use_xnnpack=false'
   with pytest.raises(SystemExit, match='Unknown configuration'):
     configs.parse_config('nope')
+
+
+def test_configurations_name_the_experiments_formulations():
+  """Options only the benchmark times are named like the model's own and reach the model as the
+  experiments' functions; every name a configuration or profile variant uses is one of them."""
+  import typing
+  import jax
+  import jax.numpy as jnp
+  from experiments import lrn_formulations
+  fgc = model_options.model_kwargs(configs.PRESETS['jax_fgc'].model)
+  assert fgc['lrn_impl'] is lrn_formulations.window_sum_shifted_slices
+  assert fgc['pool_impl'] == 'reduce_window' and fgc['conv_impl'] == 'feature_group_count'
+  split = model_options.model_kwargs(configs.PRESETS['jax_split_rw'].model)
+  assert split['pool_impl'] is model_options.max_pool_strided_slices
+  assert split['lrn_impl'] == 'reduce_window'
+  assert model_options.model_kwargs({'dtype': 'bfloat16'})['dtype'] == jnp.bfloat16
+  names = {'lrn_impl': set(typing.get_args(model_lib.LrnImpl)),
+           'pool_impl': set(typing.get_args(model_lib.PoolImpl)) | {'auto'}}
+  for option, functions in model_options.experiment_impls().items():
+    names[option] |= set(functions)
+  named = [c.model for c in configs.PRESETS.values()] + [
+      o for variants in profile_layers.PROFILE_VARIANTS.values() for _, _, o in variants]
+  for options in named:
+    for option in names:
+      assert options.get(option, 'auto' if option == 'pool_impl' else 'reduce_window') in \
+          names[option], options
+  for kwargs in (fgc, split):  # The model builds with them.
+    model = model_lib.AlexNet(num_classes=4, **kwargs)
+    shapes = jax.eval_shape(model.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 227, 227, 3), jnp.float32))
+    assert shapes['params']['fc8']['kernel'].shape == (4096, 4)
 
 
 def test_worker_env_has_one_device_and_the_flags(monkeypatch):

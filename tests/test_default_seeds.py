@@ -1,5 +1,7 @@
 """experiments/default_seeds.py: runs the main job once per seed, one after another, and
-tabulates what each run's metrics.jsonl says, tested with the tiny run and two seeds."""
+tabulates what each run's metrics.jsonl says, tested with the tiny run cut to one epoch and two
+seeds (the table of several epochs and of a failed run: on rows written here)."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,13 +12,18 @@ import pytest
 import tiny_config
 
 SCRIPT = os.path.join(tiny_config.REPO, 'experiments', 'default_seeds.py')
+# One epoch of the tiny run, checkpointed once at its end: the script's logic needs no more, and
+# each run's steps and checkpoint writes are what made this test slow.
+EPOCHS = 1
+MAIN_FLAGS = (f'--config.num_epochs={EPOCHS}',
+              f'--config.checkpoint.every_steps={tiny_config.STEPS_PER_EPOCH}')
 
 
 def _script(session, runs_dir, out_dir, seeds=('0', '1'), timeout=900):
   cmd = [sys.executable, SCRIPT, '--seeds', *seeds, '--config', tiny_config.CONFIG_PATH,
          '--runs-dir', str(runs_dir), '--json', str(out_dir / 'seeds.json'),
          '--markdown', str(out_dir / 'seeds.md'), '--',
-         f'--config.data.folder={session.folder}']
+         f'--config.data.folder={session.folder}', *MAIN_FLAGS]
   return subprocess.run(cmd, capture_output=True, text=True, cwd=tiny_config.REPO,
                         env=session.env(), timeout=timeout, check=False)
 
@@ -41,7 +48,7 @@ def test_two_seeds_run_one_after_another_and_are_tabulated(tmp_path_factory, tmp
       assert json.load(f)['seed'] == row['seed']
     evals = _eval_records(row['workdir'])
     assert [e['epoch'] for e in row['evals']] == [e['epoch'] for e in evals]
-    assert len(row['evals']) == tiny_config.NUM_EPOCHS
+    assert len(row['evals']) == EPOCHS
     for got, want in zip(row['evals'], evals):
       assert got['val_top1_error'] == want['val_top1_error']
       assert got['val_top5_error'] == want['val_top5_error']
@@ -64,3 +71,32 @@ def test_two_seeds_run_one_after_another_and_are_tabulated(tmp_path_factory, tmp
   assert again.returncode == 2
   assert again.stderr.strip().startswith('error:') and 'seed_0' in again.stderr
   assert (runs_dir / 'seed_0' / 'metrics.jsonl').read_text() == before
+
+
+def _default_seeds_module():
+  spec = importlib.util.spec_from_file_location('default_seeds', SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_table_of_several_epochs_and_a_failed_run():
+  """A column per epoch; a run that stopped early is padded and marked failed, and fails the
+  criteria (the end-to-end test above runs one epoch per seed)."""
+  seeds = _default_seeds_module()
+  evals = [{'epoch': 1, 'step': 4, 'val_top1_error': 0.25, 'val_top5_error': 0.0},
+           {'epoch': 2, 'step': 8, 'val_top1_error': 0.125, 'val_top5_error': 0.0}]
+  rows = [{'seed': 0, 'returncode': 0, 'wall_s': 61.5, 'evals': evals, 'log': 'a.log',
+           'final_top1_accuracy': 0.875},
+          {'seed': 1, 'returncode': 1, 'wall_s': 30.0, 'evals': evals[:1], 'log': 'b.log'}]
+  summary = seeds.summary(rows, min_top1=0.85, max_spread_points=5.0, max_minutes=8.0)
+  assert summary['seeds'] == 2 and summary['finished'] == 1
+  assert summary['criteria'] == {'every seed >= 85% top-1': False, 'spread <= 5 points': True,
+                                 'wall time <= 8 min': True}
+  table = seeds.markdown({'config': 'c.py', 'command': 'cmd', 'date': 'd', 'rows': rows,
+                          'summary': summary, 'machine': {'cpu': 'cpu', 'cpu_count': 2}})
+  assert '| seed | wall time | epoch 1 top-1 / top-5 error | epoch 2 top-1 / top-5 error |' \
+      in table
+  assert '| 0 | 1 min 01.5 s | 25.0% / 0.0% | 12.5% / 0.0% | 87.5% |' in table
+  assert '| 1 | 0 min 30.0 s | 25.0% / 0.0% | - | failed (exit 1, log b.log) |' in table
+  assert 'every seed >= 85% top-1: NOT met' in table

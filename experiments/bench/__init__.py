@@ -4,6 +4,9 @@ One concern a module:
 
 * ``configs``: what can be timed (``Config``, the presets, ``--configs`` parsing);
 * ``flops``: the analytic FLOP count from the model's layer table, and XLA's count;
+* ``model_options``: a configuration's AlexNet options as keyword arguments, and the
+  formulations only the benchmark times (the strided-slices max-pool; the LRN window sums of
+  ``experiments/lrn_formulations.py``), named like the model's own;
 * ``runners``: one configuration in-process (the JAX step, the PyTorch twin, a matmul);
 * ``workers``: a configuration in its own process, driven over a pipe;
 * ``steps``: the alternating rounds and the training-step benchmark;

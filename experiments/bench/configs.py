@@ -20,7 +20,8 @@ class Config:
   name: str
   kind: str                      # 'jax', 'torch', 'matmul_jax', 'matmul_torch'; see runners
   label: str
-  model: dict = dataclasses.field(default_factory=dict)  # AlexNet kwargs (JAX)
+  # AlexNet options (JAX), by name; model_options.model_kwargs makes them keyword arguments.
+  model: dict = dataclasses.field(default_factory=dict)
   mode: str = 'eager'            # torch: 'eager', 'channels_last', 'compile'
   xla_flags: str = ''            # extra XLA_FLAGS for this JAX worker
   donate: bool = True            # JAX: the step reuses the donated state's buffers

@@ -46,7 +46,8 @@ class JaxInferRunner(_InferRunner):
   def setup(self) -> dict:
     import jax  # pylint: disable=g-import-not-at-top
     from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-    model = model_lib.preset(self.meta['preset'], **self.config.model)
+    from experiments.bench.model_options import model_kwargs  # pylint: disable=g-import-not-at-top
+    model = model_lib.preset(self.meta['preset'], **model_kwargs(self.config.model))
     self.variables = jax.device_put({'params': inference_weights.load_params(self.workdir)})
     self.x = jax.device_put(self.images)
     start = time.perf_counter()

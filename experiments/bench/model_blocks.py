@@ -65,18 +65,18 @@ def block_shapes(model, batch: int) -> dict[str, tuple]:
 
 
 def lrn_fn(model) -> Callable:
-  """The model's LRN (its constants, tower groups and resolved implementation) as a function."""
+  """The model's LRN (its constants, tower groups and implementation) as a function."""
   from alexnet_jax.ops import lrn  # pylint: disable=g-import-not-at-top
-  impls = model.impls()
   return lambda x: lrn.local_response_norm(
       x, model.lrn_size, model.lrn_k, model.lrn_alpha, model.lrn_beta, model.lrn_groups,
-      impls['lrn_impl'], impls['lrn_grad'])
+      model.lrn_impl, model.lrn_grad)  # Neither has an 'auto'.
 
 
 def pool_fn(model) -> Callable:
   """The model's max-pool (its resolved implementation) as a function."""
   from alexnet_jax.ops import pool  # pylint: disable=g-import-not-at-top
-  impl = model.impls()['pool_impl']
+  # An experiment's function as given; a name with 'auto' resolved.
+  impl = model.pool_impl if callable(model.pool_impl) else model.impls()['pool_impl']
   return lambda x: pool.max_pool(x, impl=impl)
 
 

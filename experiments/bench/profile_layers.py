@@ -38,13 +38,11 @@ PROFILE_VARIANTS = {
 
 
 def _model(options: dict):
-  """AlexNet with ``options`` over its defaults (unset options: the model's own 'auto')."""
+  """AlexNet with ``options`` over its defaults (unset options: the model's own 'auto'; the
+  experiment's formulations by name, see ``model_options``)."""
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from experiments.bench.runners import jax_dtype  # pylint: disable=g-import-not-at-top
-  options = dict(options)
-  if 'dtype' in options:
-    options['dtype'] = jax_dtype(options['dtype'])
-  return model_lib.AlexNet(**options)
+  from experiments.bench.model_options import model_kwargs  # pylint: disable=g-import-not-at-top
+  return model_lib.AlexNet(**model_kwargs(options))
 
 
 def _sgd_block(model):

@@ -10,12 +10,7 @@ import time
 
 from experiments.bench.configs import LEARNING_RATE
 from experiments.bench.configs import Config
-
-
-def jax_dtype(name):
-  """A dtype name of a configuration (or None, "none") as a JAX dtype."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  return None if name in (None, 'none') else jnp.dtype(name)
+from experiments.bench.model_options import model_kwargs
 
 
 def _cost_flops(compiled) -> float:
@@ -38,10 +33,7 @@ class JaxTrainRunner:
     from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
     from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
     from alexnet_jax import train  # pylint: disable=g-import-not-at-top
-    kwargs = dict(self.model_kwargs)
-    if 'dtype' in kwargs:
-      kwargs['dtype'] = jax_dtype(kwargs['dtype'])
-    model = model_lib.AlexNet(num_classes=self.num_classes, **kwargs)
+    model = model_lib.AlexNet(num_classes=self.num_classes, **model_kwargs(self.model_kwargs))
     tx = optim.sgd_with_injected_lr(LEARNING_RATE)
     self.state = train.create_train_state(jax.random.key(0), model, tx)
     step_fn, _ = train.make_single_device_steps(model, tx, donate_state=self.donate)
