@@ -27,23 +27,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 
-try:  # The input pipeline runs on the host: TF must never take an accelerator from JAX.
-  tf.config.set_visible_devices([], 'GPU')
-except RuntimeError:  # TF's runtime already started; whoever started it made this choice.
-  pass
+from alexnet_jax.datasets import imagenet_stats
+from alexnet_jax.host_tf import tf
 
-# ImageNet statistics in [0, 1] pixel units (docs/paper.md, "Data"; as published with
-# fb.resnet.torch).
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
-# Rows are R, G, B; column i is the eigenvector of eigenvalue i.
-IMAGENET_PCA_EIGVEC = (
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
+# ImageNet's statistics ([0, 1] pixel units): the defaults of the functions below.
+IMAGENET_MEAN_RGB = imagenet_stats.MEAN_RGB
+IMAGENET_PCA_EIGVAL = imagenet_stats.PCA_EIGVAL
+IMAGENET_PCA_EIGVEC = imagenet_stats.PCA_EIGVEC
 
 RESIZE_SIZE = 256
 CROP_SIZE = 227
@@ -120,6 +111,69 @@ def decode_and_resize(image_bytes: tf.Tensor, resize_size: int = RESIZE_SIZE,
   return decode_and_center_square(image_bytes, resize_size)
 
 
+def _source_window(side, resize_size: int, start, crop_size: int):
+  """[first, last) pixels of a ``side``-long edge that the outputs ``start .. start + crop_size``
+  of its antialiased bilinear rescale to ``resize_size`` read (the kernel's support, plus one)."""
+  inv_scale = tf.cast(side, tf.float32) / resize_size
+  radius = tf.maximum(inv_scale, 1.0)
+  start = tf.cast(start, tf.float32)
+  first = tf.floor((start + 0.5) * inv_scale - radius) - 1.0
+  last = tf.math.ceil((start + crop_size - 0.5) * inv_scale + radius) + 1.0
+  first = tf.cast(tf.maximum(first, 0.0), tf.int32)
+  return first, tf.minimum(tf.cast(last, tf.int32), side)
+
+
+def decode_square_crop(image_bytes: tf.Tensor, offset_y, offset_x, crop_size: int = CROP_SIZE,
+                       resize_size: int = RESIZE_SIZE) -> tf.Tensor:
+  """``decode_and_center_square(image_bytes, resize_size)[offset_y:, offset_x:][:crop, :crop]``,
+  uint8, decoding and rescaling only the part of the image that crop reads.
+
+  A JPEG is decoded only inside the window the crop's rescaling kernel touches
+  (``decode_and_crop_jpeg``), and only the crop's pixels are rescaled, with the same kernel and
+  coordinates as the whole square (``ScaleAndTranslate``, which ``tf.image.resize`` runs). When
+  the square is already ``resize_size`` (prepared data) nothing is rescaled and the crop is
+  exact; otherwise a pixel may differ from the whole-square path by one level where float
+  rounding lands on .5.
+  """
+  image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+
+  def jpeg():
+    shape = tf.io.extract_jpeg_shape(image_bytes)
+    square_y, square_x, side = central_square_window(shape[0], shape[1])
+    y0, y1 = _source_window(side, resize_size, offset_y, crop_size)
+    x0, x1 = _source_window(side, resize_size, offset_x, crop_size)
+    window = tf.io.decode_and_crop_jpeg(
+        image_bytes, tf.stack([square_y + y0, square_x + x0, y1 - y0, x1 - x0]), channels=3)
+    return window, side, y0, x0
+
+  def other():
+    image = _decode_any_rgb(image_bytes)
+    shape = tf.shape(image)
+    square_y, square_x, side = central_square_window(shape[0], shape[1])
+    return image[square_y:square_y + side, square_x:square_x + side], side, 0, 0
+
+  window, side, y0, x0 = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+  window.set_shape([None, None, 3])
+
+  def rescale():
+    scale = resize_size / tf.cast(side, tf.float32)
+    translation = tf.stack([tf.cast(y0, tf.float32) * scale - tf.cast(offset_y, tf.float32),
+                            tf.cast(x0, tf.float32) * scale - tf.cast(offset_x, tf.float32)])
+    out = tf.raw_ops.ScaleAndTranslate(
+        images=tf.cast(window, tf.float32)[None], size=[crop_size, crop_size],
+        scale=tf.stack([scale, scale]), translation=translation, kernel_type='triangle',
+        antialias=True)[0]
+    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+  def unscaled():
+    return tf.slice(window, tf.stack([offset_y - y0, offset_x - x0, 0]),
+                    [crop_size, crop_size, 3])
+
+  out = tf.cond(tf.equal(side, resize_size), unscaled, rescale)
+  out.set_shape([crop_size, crop_size, 3])
+  return out
+
+
 # --------------------------------------------------------------------------------------------
 # Stateless randomness
 # --------------------------------------------------------------------------------------------
@@ -163,14 +217,33 @@ def pca_shift(alpha, eigval: Sequence[float], eigvec) -> tf.Tensor:
   return tf.linalg.matvec(eigvec, tf.cast(alpha, tf.float32) * eigval)
 
 
-def normalize(image: tf.Tensor, mean_rgb: Sequence[float], shift=None,
-              input_scale: float = 255.0) -> tf.Tensor:
-  """``(image / 255 - mean_rgb + shift) * input_scale`` as float32; ``image`` in 0..255."""
+def pixel_affine(mean_rgb: Sequence[float], shift=None, input_scale: float = 255.0, *,
+                 affine=None) -> tuple[tf.Tensor, tf.Tensor]:
+  """``(pixel_scale, pixel_offset)`` (float32 () or (3,), and (3,)) mapping 0..255 pixels to inputs.
+
+  ``input = pixel * pixel_scale + pixel_offset`` is ``(pixel / 255 - mean_rgb + shift) *
+  input_scale``; the device applies it to uint8 crops (``alexnet_jax.device_augment``). With
+  ``affine``, a preset's per-channel ``(scale, offset)`` (``model.preprocess_affine``) replaces
+  ``mean_rgb`` and ``input_scale``, and the colour noise is added to the pixels before it:
+  ``preprocess(pixel + 255 * shift)``, in the same 0..255 units as without a preset.
+  """
+  if affine is not None:
+    scale, offset = (tf.constant(np.asarray(a, np.float32)) for a in affine)
+    if shift is not None:
+      offset = offset + 255.0 * shift * scale
+    return scale, offset
   offset = -tf.constant(np.asarray(mean_rgb, np.float32))
   if shift is not None:
     offset = offset + shift
-  # One fused multiply-add per pixel: image * (scale / 255) + offset * scale.
-  return tf.cast(image, tf.float32) * (input_scale / 255.0) + offset * input_scale
+  return tf.constant(input_scale / 255.0, tf.float32), offset * input_scale
+
+
+def normalize(image: tf.Tensor, mean_rgb: Sequence[float], shift=None,
+              input_scale: float = 255.0) -> tf.Tensor:
+  """``(image / 255 - mean_rgb + shift) * input_scale`` as float32; ``image`` in 0..255."""
+  scale, offset = pixel_affine(mean_rgb, shift, input_scale)
+  # One fused multiply-add per pixel.
+  return tf.cast(image, tf.float32) * scale + offset
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,6 +289,12 @@ def center_crop_image(image: tf.Tensor, *, mean_rgb, crop_size: int = CROP_SIZE,
   return out
 
 
+def five_crops(image: tf.Tensor, crop_size: int = CROP_SIZE) -> tf.Tensor:
+  """The paper's five test patches of ``image`` (:func:`ten_crop_offsets` order), stacked."""
+  return tf.stack([crop(image, y, x, crop_size)
+                   for y, x in ten_crop_offsets(image.shape[0], crop_size)])
+
+
 def ten_crop_images(image: tf.Tensor, *, mean_rgb, crop_size: int = CROP_SIZE,
                     input_scale: float = 255.0) -> tf.Tensor:
   """The paper's test patches, float32 ``(10, crop_size, crop_size, 3)``, mean removed.
@@ -223,9 +302,55 @@ def ten_crop_images(image: tf.Tensor, *, mean_rgb, crop_size: int = CROP_SIZE,
   Patches 0-4: top-left, top-right, bottom-left, bottom-right, centre; 5-9: their horizontal
   reflections, in the same order.
   """
-  patches = [crop(image, y, x, crop_size) for y, x in ten_crop_offsets(image.shape[0], crop_size)]
-  stacked = tf.stack(patches)
+  stacked = five_crops(image, crop_size)
   stacked = tf.concat([stacked, tf.reverse(stacked, axis=[2])], axis=0)
   out = normalize(stacked, mean_rgb, None, input_scale)
   out.set_shape([NUM_TEN_CROPS, crop_size, crop_size, 3])
   return out
+
+
+# --------------------------------------------------------------------------------------------
+# The host's share: decode + crop to uint8, and the example's few drawn numbers
+# --------------------------------------------------------------------------------------------
+def _decode_crop(image_bytes: tf.Tensor, offset_y, offset_x, crop_size: int, resize_size: int,
+                 warp: bool) -> tf.Tensor:
+  """One uint8 crop of the resized image: of the warped whole image (``warp``, Caffe's), else of
+  the central square, decoding only the window the crop reads (:func:`decode_square_crop`)."""
+  if warp:
+    return crop(decode_and_warp(image_bytes, resize_size), offset_y, offset_x, crop_size)
+  return decode_square_crop(image_bytes, offset_y, offset_x, crop_size, resize_size)
+
+
+def train_crop(image_bytes: tf.Tensor, key: tf.Tensor, *, mean_rgb, pca_eigval, pca_eigvec,
+               pca_alpha_std: float = 0.1, crop_size: int = CROP_SIZE,
+               resize_size: int = RESIZE_SIZE, input_scale: float = 255.0, affine=None,
+               warp: bool = False) -> dict[str, tf.Tensor]:
+  """A training example for ``device_augment``: the random crop as uint8, its flip and colour.
+
+  The same draws from ``key`` as :func:`train_image`, which applies them on the host; here the
+  device applies ``flip``, ``pixel_scale`` and ``pixel_offset`` (PCA noise and mean together).
+  ``affine`` (a preset's preprocessing) and ``warp``: see :func:`pixel_affine`,
+  :func:`decode_and_warp`.
+  """
+  params = augment_params(key, resize_size, crop_size, pca_alpha_std)
+  image = _decode_crop(image_bytes, params['offset_y'], params['offset_x'], crop_size,
+                       resize_size, warp)
+  scale, offset = pixel_affine(mean_rgb, pca_shift(params['alpha'], pca_eigval, pca_eigvec),
+                               input_scale, affine=affine)
+  return {'image': image, 'flip': params['flip'], 'pixel_scale': scale, 'pixel_offset': offset}
+
+
+def eval_crops(image_bytes: tf.Tensor, *, mean_rgb, five: bool = False,
+               crop_size: int = CROP_SIZE, resize_size: int = RESIZE_SIZE,
+               input_scale: float = 255.0, affine=None,
+               warp: bool = False) -> dict[str, tf.Tensor]:
+  """An eval example for ``device_augment``: the centre crop (uint8), or the five test patches
+  (the device adds their reflections), and the mean to remove (``affine``, ``warp``: see
+  :func:`train_crop`)."""
+  if five:
+    image = five_crops(decode_and_resize(image_bytes, resize_size, warp), crop_size)
+  else:
+    mid = (resize_size - crop_size) // 2
+    image = _decode_crop(image_bytes, mid, mid, crop_size, resize_size, warp)
+  scale, offset = pixel_affine(mean_rgb, None, input_scale, affine=affine)
+  return {'image': image, 'pixel_scale': scale, 'pixel_offset': offset}

@@ -5,8 +5,11 @@ noise along the principal components of the RGB values of all training pixels. T
 estimates both from a seeded sample of training images, each seen exactly as the network sees
 it before augmentation (the central square rescaled to 256x256), in [0, 1] pixel units::
 
-    python -m alexnet_jax.data_stats --source=folder --folder=~/my_images --workdir=/tmp/run
+    python -m alexnet_jax.data_stats --config=alexnet_jax/configs/folder.py \
+        --config.data.folder=~/my_images --workdir=/tmp/run
     # writes /tmp/run/data_stats.json; use it with --config.data.stats_file=/tmp/run/data_stats.json
+
+It takes the same ``--config`` flags as the main job (default: the default config).
 
 The JSON holds ``mean_rgb`` (3), ``pca_eigval`` (3, descending) and ``pca_eigvec`` (3x3, the
 eigenvectors as columns; the sign of each column is arbitrary and does not matter, since the
@@ -16,15 +19,13 @@ plus ``num_images`` and ``covariance``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import numpy as np
-import tensorflow as tf
-
 from alexnet_jax import augment
 from alexnet_jax import input_pipeline
+from alexnet_jax.host_tf import tf
 
 STATS_FILENAME = 'data_stats.json'
 
@@ -81,21 +82,22 @@ def save_stats(stats: dict, workdir: str) -> str:
   return path
 
 
+def _define_flags(values) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('workdir', None, 'where data_stats.json goes', flag_values=values)
+  flags.mark_flag_as_required('workdir', flag_values=values)
+  flags.DEFINE_integer('num_images', 1000, 'training images to sample', flag_values=values)
+  flags.DEFINE_integer('seed', 0, 'which images', flag_values=values)
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  input_pipeline.add_source_flags(parser)
-  parser.add_argument('--train_split', default='train')
-  parser.add_argument('--workdir', required=True, help='where data_stats.json goes')
-  parser.add_argument('--num_images', type=int, default=1000)
-  parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
-  config = input_pipeline.config_from_flags(args)
-  config.train_split = args.train_split
-  stats = compute_stats(config, args.num_images, args.seed)
-  path = save_stats(stats, args.workdir)
+  """``python -m alexnet_jax.data_stats --config=... [--config.data.*=...] --workdir=W``."""
+  flags = input_pipeline.parse_config_flags(argv, _define_flags, __doc__.split('\n\n')[0])
+  stats = compute_stats(flags.config.data, flags.num_images, flags.seed)
+  path = save_stats(stats, flags.workdir)
   print(json.dumps({k: stats[k] for k in ('mean_rgb', 'pca_eigval', 'pca_eigvec', 'num_images')},
                    indent=2))
-  print(f'wrote {path}; use it with data.stats_file={path}')
+  print(f'wrote {path}; use it with --config.data.stats_file={path}')
 
 
 if __name__ == '__main__':

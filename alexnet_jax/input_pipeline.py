@@ -6,60 +6,65 @@ Sources (``data_config.source``):
   and prepared into ``data_dir`` on first use (about half a minute).
 * ``'imagenet2012'``: TFDS's ``imagenet2012``, prepared from the user's
   ``ILSVRC2012_img_train.tar`` and ``ILSVRC2012_img_val.tar`` in ``manual_dir`` with
-  ``python -m alexnet_jax.input_pipeline --source=imagenet2012 --data_dir=... --manual_dir=...``.
+  ``python -m alexnet_jax.input_pipeline --config=alexnet_jax/configs/imagenet.py
+  --config.data.data_dir=... --config.data.manual_dir=...``.
 * ``'tfds'``: any TFDS image classification dataset (features ``image`` and ``label``) already
   prepared in ``data_dir``, by ``name``; the class count comes from its info.
 * ``'folder'``: a folder of class subfolders of images (``alexnet_jax.datasets.folder``).
 
-Every image goes through ``alexnet_jax.augment``: the central square rescaled to 256x256 (JPEGs
-decoded and cropped in one op, TFDS's own decoding skipped), then for training a random 227 crop,
-a random flip and PCA colour noise, for evaluation the centre crop or the ten crops, and the
-training set's mean removed.
+With ``data.prepared_dir`` set, training and evaluation read that prepared copy (256x256 JPEGs
+in ArrayRecord, ``alexnet_jax.datasets.prepared``) instead of the source.
 
-Determinism. Given ``(seed, epoch)`` the order of a process's examples and every crop, flip and
-colour shift are fixed: randomness is stateless and keyed by ``(seed, epoch, index)`` where
-``index`` is the example's position in the epoch (times ``process_count``, plus
-``process_index``). ``start_step=k`` starts an epoch at its k-th batch without reading or
-decoding the skipped examples (cached and folder sources) or without decoding them (streamed
-TFDS sources, which skip before the decoding map).
+The host's share of the paper's preprocessing (``alexnet_jax.augment``): decode and crop. Training
+draws each example's 227 window, flip and colour noise from its stateless key and ships the
+window as uint8 (only that window of the rescaled central 256x256 square is decoded and
+rescaled), with the flip and the colour offset; evaluation ships the centre crop or the five
+test patches as uint8. The device flips, adds the colour and removes the mean inside the jitted
+step (``alexnet_jax.device_augment``). ``data.preprocess`` (a preset's name) makes that last
+step the preset's per-channel preprocessing (``model.preprocess_affine``); ``data.warp``
+resizes the whole image to ``resize_size`` squared (Caffe's) before cropping, decoding it whole.
 
-Two ways of reading. With ``cache=True`` (the default, meant for datasets that fit in memory
-like the embedded one) a process loads its part of a split's *encoded* bytes once and permutes
-all of it each epoch. With ``cache=False`` (ImageNet) TFDS streams the files in a seeded order
-through a shuffle buffer of encoded bytes; a split too large for memory is streamed even when
-``cache=True`` (with a warning). Image folders always read files by path.
+Determinism, for any number of processes. Each epoch is one permutation of the split, keyed by
+``(seed, epoch)``; global batch k is its k-th slice and each process reads its equal part of that
+slice (:func:`epoch_indices`). Every crop, flip and colour shift is keyed by ``(seed, epoch,
+index)`` where ``index`` is the example's own index in the split. So 1, 2 or N processes (and a
+resume on another count) draw the same global batches and the same augmentation, and
+``start_step=k`` starts an epoch at its k-th batch without reading or decoding the skipped
+examples.
 
-Scale. Each JAX process reads its own ``tfds.even_splits`` part of each split; together the
-processes see every example once per epoch. Batches have a fixed global size: training drops
-the remainder (every process yields ``steps_per_epoch`` batches), evaluation pads the last batches
-and marks real examples in ``mask``.
+Two ways of reading. Random access (every process holds the whole split's index): with
+``cache=True`` (the default, for datasets that fit in memory like the embedded one) the split's
+*encoded* bytes are loaded once; image folders read files by path. Streamed TFDS sources
+(``cache=False`` or a split too large for memory) cannot seek: each process streams its own
+``tfds.even_splits`` part through a seeded shuffle buffer, and there the order depends on the
+process count. Evaluation reads each process's contiguous part of the split in stored order.
+
+Batches have a fixed global size: training drops the remainder (every process yields
+``steps_per_epoch`` batches), evaluation pads the last batches and marks real examples in
+``mask``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
 import math
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
 import psutil
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from alexnet_jax.host_tf import tf  # first: TF must never take an accelerator from JAX
+import tensorflow_datasets as tfds  # pylint: disable=g-bad-import-order
 
 from alexnet_jax import augment
 from alexnet_jax.datasets import folder as folder_lib
+from alexnet_jax.datasets import prepared as prepared_lib
 from alexnet_jax.datasets import shapes
-
-try:  # The input pipeline runs on the host: TF must never take an accelerator from JAX.
-  tf.config.set_visible_devices([], 'GPU')
-except RuntimeError:  # TF's runtime already started; whoever started it made this choice.
-  pass
 
 SOURCES = ('embedded', 'tfds', 'imagenet2012', 'folder')
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
@@ -87,32 +92,10 @@ class DatasetInfo:
 
 
 def default_data_config() -> ml_collections.ConfigDict:
-  """The data section of a config, with the defaults (the embedded dataset, ImageNet stats)."""
-  c = ml_collections.ConfigDict()
-  c.source = 'embedded'
-  c.name = ''  # TFDS name for 'tfds'; for 'embedded', '' or 'alexnet_jax_shapes/tiny'.
-  c.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS's default.
-  c.manual_dir = ml_collections.config_dict.placeholder(str)  # None: <data_dir>/downloads/manual
-  c.folder = ''
-  c.val_fraction = 0.1
-  c.train_split = 'train'
-  c.eval_split = 'validation'
-  c.resize_size = augment.RESIZE_SIZE
-  c.crop_size = augment.CROP_SIZE
-  c.mean_rgb = augment.IMAGENET_MEAN_RGB
-  c.pca_eigval = augment.IMAGENET_PCA_EIGVAL
-  c.pca_eigvec = augment.IMAGENET_PCA_EIGVEC
-  c.pca_alpha_std = 0.1
-  c.stats_file = ''  # JSON from alexnet_jax.data_stats; overrides the three above.
-  c.input_scale = 255.0
-  c.warp = False  # True: the whole image resized to resize_size x resize_size (Caffe's)
-  c.preprocess = ''  # a model preset's name: its model.preprocess replaces mean_rgb/input_scale
-  c.shuffle_buffer = 2048  # Encoded examples (streamed sources only).
-  c.num_parallel_calls = -1  # -1: tf.data.AUTOTUNE.
-  c.cache = True  # Keep encoded bytes in memory (cached sources); ImageNet configs set False.
-  c.prefetch = 2  # Batches.
-  c.threadpool_size = 0  # 0: TF's default (one thread per core).
-  return c
+  """The data section of the default config (``configs/default.py``: the embedded dataset and its
+  statistics); ``configs/imagenet.py`` documents every field."""
+  from alexnet_jax.configs import default  # pylint: disable=g-import-not-at-top  (no cycle)
+  return default.get_config().data
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -150,8 +133,8 @@ def _manual_dir(data_config) -> str:
 
 def _prepare_command(data_config) -> str:
   data_dir = _data_dir(data_config) or tfds.core.constants.DATA_DIR
-  return (f'python -m alexnet_jax.input_pipeline --source=imagenet2012 --data_dir={data_dir} '
-          f'--manual_dir={_manual_dir(data_config)}')
+  return (f'python -m alexnet_jax.input_pipeline --config=alexnet_jax/configs/imagenet.py '
+          f'--config.data.data_dir={data_dir} --config.data.manual_dir={_manual_dir(data_config)}')
 
 
 def _tfds_builder(data_config, prepare_embedded: bool = True) -> tfds.core.DatasetBuilder:
@@ -228,6 +211,11 @@ def _split_size(builder, split: str) -> int:
 def get_dataset_info(data_config) -> DatasetInfo:
   """Classes and split sizes; prepares the embedded dataset on first use."""
   _check_source(data_config)
+  if data_config.get('prepared_dir'):
+    info = prepared_lib.read_info(data_config.prepared_dir)
+    return DatasetInfo(info['num_classes'], _split_count(data_config, data_config.train_split),
+                       _split_count(data_config, data_config.eval_split),
+                       tuple(info['class_names']) or None)
   if data_config.source == 'folder':
     index = folder_lib.scan_folder(os.path.expanduser(data_config.folder),
                                    float(data_config.val_fraction))
@@ -280,29 +268,21 @@ def image_stats(data_config) -> tuple[tuple, tuple, tuple]:
           tuple(tuple(row) for row in data_config.pca_eigvec))
 
 
-def _normalization(data_config) -> tuple[tuple, float]:
-  """``(mean_rgb, input_scale)`` the TF map applies: raw 0..255 pixels under a preset's own
-  preprocessing (applied by :func:`_with_preset_preprocessing`), else the run's statistics."""
-  if data_config.get('preprocess'):
-    return (0.0, 0.0, 0.0), 255.0
-  return image_stats(data_config)[0], float(data_config.input_scale)
-
-
-def _with_preset_preprocessing(data_config, batches: Iterator[dict]) -> Iterator[dict]:
-  """Applies ``model.preprocess(data.preprocess, images)`` to each batch's 0..255 pixels.
+def _preset_affine(data_config) -> tuple[np.ndarray, np.ndarray] | None:
+  """``data.preprocess``'s per-channel ``(scale, offset)`` (``model.preprocess_affine``), which
+  replaces ``mean_rgb`` and ``input_scale`` in the pixels the device makes; None without it.
 
   The one definition of a preset's normalisation (Caffe's mean pixel, torchvision's mean and
   std) serves prediction, evaluation and fine-tuning alike.
   """
   name = data_config.get('preprocess')
   if not name:
-    return batches
+    return None
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   if name not in model_lib.PRESETS:
     raise DataConfigError(f'data.preprocess is {name!r}; set it to one of '
                           f'{", ".join(model_lib.PRESETS)} or to \'\' (the run\'s mean_rgb).')
-  return ({**batch, 'image': np.asarray(model_lib.preprocess(name, batch['image']))}
-          for batch in batches)
+  return model_lib.preprocess_affine(name)
 
 
 def _options(data_config) -> tf.data.Options:
@@ -350,18 +330,18 @@ def even_slice(num_examples: int, process_index: int, process_count: int) -> sli
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class _Table:
-  """A process's part of a split in memory: encoded images (or file paths) and labels."""
-  keys: np.ndarray  # object array of bytes (encoded images) or str (paths).
+  """A whole split with random access, in stored order: labels in memory, and the encoded images
+  in memory (``keys``), as file paths (``keys``, ``are_paths``) or in ArrayRecord (``records``)."""
+  keys: np.ndarray | None  # object array of bytes (encoded images) or str (paths).
   labels: np.ndarray  # int32
   are_paths: bool
+  records: object = None  # a prepared copy's ArrayRecordDataSource, when keys is None
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_tfds_table(builder_name: str, data_dir: str | None, split: str, process_index: int,
-                       process_count: int) -> _Table:
+def _cached_tfds_table(builder_name: str, data_dir: str | None, split: str) -> _Table:
   builder = tfds.builder(builder_name, data_dir=data_dir)
-  ds = builder.as_dataset(split=_process_split(split, process_index, process_count),
-                          shuffle_files=False,
+  ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={'image': tfds.decode.SkipDecoding()},
                           read_config=tfds.ReadConfig(try_autocache=False))
   keys, labels = [], []
@@ -391,12 +371,14 @@ def _fits_in_memory(builder, split: str) -> bool:
   return num_bytes <= _MAX_CACHE_SHARE * psutil.virtual_memory().available
 
 
-def _table(data_config, split, process_index, process_count) -> _Table | None:
-  """The process's part of ``split`` as a table, or None when it is to be streamed."""
+def _table(data_config, split) -> _Table | None:
+  """The whole of ``split`` as a table (every process holds all of it), or None to stream it."""
+  if data_config.get('prepared_dir'):
+    part = prepared_lib.open_split(os.path.expanduser(data_config.prepared_dir), split)
+    return _Table(None, part.labels, False, part.records)
   if data_config.source == 'folder':
     part = _folder_split(data_config, split)
-    sl = even_slice(len(part.labels), process_index, process_count)
-    return _Table(part.paths[sl], part.labels[sl], True)
+    return _Table(part.paths, part.labels, True)
   if not data_config.get('cache', True):
     return None
   builder = _tfds_builder(data_config)
@@ -404,8 +386,7 @@ def _table(data_config, split, process_index, process_count) -> _Table | None:
     warnings.warn(f'Split {split!r} of {builder.info.full_name} is too large to cache in memory; '
                   'streaming it instead (set data.cache=False to silence this).')
     return None
-  return _cached_tfds_table(_builder_name(builder), _data_dir(data_config), split, process_index,
-                            process_count)
+  return _cached_tfds_table(_builder_name(builder), _data_dir(data_config), split)
 
 
 def _streamed(data_config, split, process_index, process_count, *, shuffle_seed=None):
@@ -424,6 +405,31 @@ def _encoded(key: tf.Tensor, are_paths: bool) -> tf.Tensor:
   return tf.io.read_file(key) if are_paths else key
 
 
+_RECORDS_PER_READ = 32  # a prepared copy's records fetched per Python call
+
+
+def _indexed(table: _Table, indices: np.ndarray, data_config) -> tf.data.Dataset:
+  """(index, encoded image or path, label) of ``table``'s examples ``indices``, in that order."""
+  indices = np.asarray(indices, np.int64)
+  if table.records is None:
+    # Object arrays keep each byte string whole (a fixed-width 'S' array would pad them).
+    return tf.data.Dataset.from_tensor_slices(
+        (indices, table.keys[indices], table.labels[indices]))
+
+  def read(chunk):  # ArrayRecord reads run in C++, in parallel over the files of a chunk
+    return np.array(table.records.__getitems__(chunk.tolist()), dtype=object)
+
+  @_plain
+  def fetch(chunk, labels):
+    data = tf.numpy_function(read, [chunk], tf.string, stateful=False)
+    return chunk, tf.ensure_shape(data, chunk.shape), labels
+
+  ds = tf.data.Dataset.from_tensor_slices((indices, table.labels[indices]))
+  ds = ds.batch(_RECORDS_PER_READ).map(fetch, num_parallel_calls=_parallel(data_config),
+                                       deterministic=True)
+  return ds.unbatch()
+
+
 def encoded_examples(data_config, split: str, *, shuffle_seed: int | None = None,
                      process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
   """(encoded image bytes, int32 label) of a process's part of ``split``, before any decoding.
@@ -433,21 +439,25 @@ def encoded_examples(data_config, split: str, *, shuffle_seed: int | None = None
   ``alexnet_jax.data_stats``; training uses :func:`train_batches`.
   """
   _check_source(data_config)
-  table = _table(data_config, split, process_index, process_count)
+  table = _table(data_config, split)
   if table is None:
     ds = _streamed(data_config, split, process_index, process_count,
                    shuffle_seed=None if shuffle_seed is None else shuffle_seed % 2**31)
     if shuffle_seed is not None:
       ds = ds.shuffle(data_config.shuffle_buffer, seed=shuffle_seed)
     return ds
-  order = np.arange(len(table.labels))
+  order = np.arange(len(table.labels))[even_slice(len(table.labels), process_index,
+                                                  process_count)]
   if shuffle_seed is not None:
     order = np.random.default_rng(shuffle_seed).permutation(order)
-  ds = tf.data.Dataset.from_tensor_slices((table.keys[order], table.labels[order]))
-  return ds.map(_plain(lambda key, label: (_encoded(key, table.are_paths), label)))
+  return _indexed(table, order, data_config).map(
+      _plain(lambda _, key, label: (_encoded(key, table.are_paths), label)))
 
 
 def _split_count(data_config, split: str) -> int:
+  if data_config.get('prepared_dir'):
+    return len(prepared_lib.open_split(os.path.expanduser(data_config.prepared_dir),
+                                       split).labels)
   if data_config.source == 'folder':
     return len(_folder_split(data_config, split).labels)
   return _split_size(_tfds_builder(data_config), split)
@@ -459,6 +469,41 @@ def _epoch_seed(seed: int, epoch: int) -> int:
       2, np.uint32).astype(np.uint64).dot([1 << 31, 1]))
 
 
+def epoch_indices(num_examples: int, global_batch_size: int, *, seed: int, epoch: int,
+                  process_index: int = 0, process_count: int = 1) -> np.ndarray:
+  """The split indices this process reads in epoch ``epoch``, batch after batch.
+
+  The epoch is one permutation of the split, keyed by ``(seed, epoch)`` alone; global batch k is
+  its k-th slice of ``global_batch_size`` and process p reads the p-th of that slice's
+  ``process_count`` equal parts. So the global batches (and, keyed by these indices, every crop)
+  do not depend on the number of processes. Returns int64 (steps * global_batch / P,).
+  """
+  steps = steps_per_epoch(num_examples, global_batch_size)
+  order = np.random.default_rng(_epoch_seed(seed, epoch)).permutation(num_examples)
+  local = global_batch_size // process_count
+  return order[:steps * global_batch_size].reshape(steps, process_count, local)[
+      :, process_index].reshape(-1).astype(np.int64)
+
+
+def _train_examples(data_config, split, indices_fn, first: int, count: int, process_index: int,
+                    process_count: int, order_seed: int) -> tuple[tf.data.Dataset, bool]:
+  """(key index, encoded image or path, label) of this process's training examples, in order.
+
+  Random access (tables): the examples ``indices_fn()`` names, from the ``first``-th on, keyed
+  by their index in the split. Streamed TFDS sources cannot seek: each process streams its own
+  ``even_splits`` part through a seeded shuffle buffer, keyed by stream position (so there the
+  order depends on the process count; prepare such a dataset as ArrayRecord to avoid it).
+  """
+  table = _table(data_config, split)
+  if table is not None:
+    return _indexed(table, indices_fn()[first:first + count], data_config), table.are_paths
+  ds = _streamed(data_config, split, process_index, process_count,
+                 shuffle_seed=order_seed % 2**31)
+  ds = ds.shuffle(data_config.shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False)
+  ds = ds.enumerate().skip(first).take(count)  # Skip before the decoding map.
+  return ds.map(_plain(lambda i, ex: (i * process_count + process_index, ex[0], ex[1]))), False
+
+
 # --------------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------------
@@ -467,9 +512,12 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, epoch: int,
                   process_count: int | None = None) -> Iterator[dict]:
   """One epoch of training batches for this process, starting at batch ``start_step``.
 
-  Yields ``{'image': float32 (B/P, crop, crop, 3), 'label': int32 (B/P,)}``, exactly
-  ``steps_per_epoch(num_train_examples, global_batch_size) - start_step`` of them on every
-  process. Same ``(seed, epoch)``: same batches, whatever ``start_step`` the epoch started at.
+  Yields ``{'image': uint8 (B/P, crop, crop, 3), 'label': int32 (B/P,), 'flip': bool (B/P,),
+  'pixel_scale': float32 (B/P,) or, with ``data.preprocess``, (B/P, 3), 'pixel_offset': float32
+  (B/P, 3)}`` (the device makes the network's inputs from them: ``alexnet_jax.device_augment``),
+  exactly ``steps_per_epoch(num_train_examples, global_batch_size) - start_step`` of them on every
+  process. Same ``(seed, epoch)``: same global batches, whatever ``start_step`` the epoch started
+  at and however many processes share them (:func:`epoch_indices`).
   """
   _check_source(data_config)
   process_index, process_count = _process(process_index, process_count)
@@ -483,42 +531,41 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, epoch: int,
   if not 0 <= start_step <= steps:
     raise ValueError(f'start_step {start_step} is outside the epoch of {steps} steps; pass a step '
                      f'in [0, {steps}].')
-  first, count = start_step * local_batch, (steps - start_step) * local_batch
-  order_seed = _epoch_seed(seed, epoch)
+  indices_fn = lambda: epoch_indices(num_examples, global_batch_size, seed=seed, epoch=epoch,
+                                     process_index=process_index, process_count=process_count)
+  ds, are_paths = _train_examples(data_config, split, indices_fn, start_step * local_batch,
+                                  (steps - start_step) * local_batch, process_index,
+                                  process_count, _epoch_seed(seed, epoch))
 
-  table = _table(data_config, split, process_index, process_count)
-  if table is not None:
-    order = np.random.default_rng(order_seed).permutation(len(table.labels))[first:first + count]
-    positions = np.arange(first, first + count, dtype=np.int64)
-    # Object arrays keep each byte string whole (a fixed-width 'S' array would pad them).
-    ds = tf.data.Dataset.from_tensor_slices((positions, table.keys[order], table.labels[order]))
-    are_paths = table.are_paths
-  else:
-    ds = _streamed(data_config, split, process_index, process_count,
-                   shuffle_seed=order_seed % 2**31)
-    ds = ds.shuffle(data_config.shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False)
-    ds = ds.enumerate().skip(first).take(count)  # Skip before the decoding map.
-    ds = ds.map(_plain(lambda i, ex: (i, ex[0], ex[1])))
-    are_paths = False
-
-  _, eigval, eigvec = image_stats(data_config)
-  mean_rgb, scale = _normalization(data_config)
+  mean_rgb, eigval, eigvec = image_stats(data_config)
+  affine = _preset_affine(data_config)
   resize, crop = int(data_config.resize_size), int(data_config.crop_size)
   warp = bool(data_config.get('warp', False))
 
   @_plain
-  def preprocess(position, key, label):
-    image = augment.decode_and_resize(_encoded(key, are_paths), resize, warp)
-    example_key = augment.example_key(seed, epoch, position * process_count + process_index)
-    image = augment.train_image(image, example_key, mean_rgb=mean_rgb, pca_eigval=eigval,
-                                pca_eigvec=eigvec, pca_alpha_std=data_config.pca_alpha_std,
-                                crop_size=crop, input_scale=scale)
-    return {'image': image, 'label': tf.cast(label, tf.int32)}
+  def preprocess(index, key, label):
+    example = augment.train_crop(
+        _encoded(key, are_paths), augment.example_key(seed, epoch, index), mean_rgb=mean_rgb,
+        pca_eigval=eigval, pca_eigvec=eigvec, pca_alpha_std=data_config.pca_alpha_std,
+        crop_size=crop, resize_size=resize, input_scale=data_config.input_scale,
+        affine=affine, warp=warp)
+    return {**example, 'label': tf.cast(label, tf.int32)}
 
   ds = ds.map(preprocess, num_parallel_calls=_parallel(data_config), deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
   ds = ds.prefetch(data_config.get('prefetch', 2)).with_options(_options(data_config))
-  return _with_preset_preprocessing(data_config, ds.as_numpy_iterator())
+  return ds.as_numpy_iterator()
+
+
+def _eval_examples(data_config, split, process_index, process_count):
+  """(encoded image or path, label) of this process's contiguous part of ``split``."""
+  table = _table(data_config, split)
+  if table is None:
+    return _streamed(data_config, split, process_index, process_count), False
+  part = np.arange(len(table.labels))[even_slice(len(table.labels), process_index,
+                                                 process_count)]
+  return _indexed(table, part, data_config).map(_plain(lambda _, key, label: (key, label))), \
+      table.are_paths
 
 
 def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
@@ -526,8 +573,10 @@ def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
                  process_count: int | None = None) -> Iterator[dict]:
   """The eval split once, in a fixed order, for this process; the remainder padded.
 
-  Yields ``{'image': float32 (B/P, crop, crop, 3) or (B/P, 10, crop, crop, 3), 'label': int32,
-  'mask': bool}`` (``mask`` is False on padding), ``eval_steps(num_eval_examples,
+  Yields ``{'image': uint8 (B/P, crop, crop, 3) or the five test patches (B/P, 5, crop, crop,
+  3), 'label': int32, 'mask': bool, 'pixel_scale', 'pixel_offset'}`` (``mask`` is False on
+  padding; ``alexnet_jax.device_augment`` adds the patches' reflections and removes the mean;
+  the pixel fields as in :func:`train_batches`), ``eval_steps(num_eval_examples,
   global_batch_size, process_count)`` batches on every process.
   """
   _check_source(data_config)
@@ -538,68 +587,67 @@ def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
   steps = eval_steps(num_examples, global_batch_size, process_count)
   sl = even_slice(num_examples, process_index, process_count)
   local_count = sl.stop - sl.start
+  ds, are_paths = _eval_examples(data_config, split, process_index, process_count)
 
-  table = _table(data_config, split, process_index, process_count)
-  if table is not None:
-    ds = tf.data.Dataset.from_tensor_slices((table.keys, table.labels))
-    are_paths = table.are_paths
-  else:
-    ds = _streamed(data_config, split, process_index, process_count)
-    are_paths = False
-
-  mean_rgb, scale = _normalization(data_config)
+  mean_rgb, _, _ = image_stats(data_config)
   resize, crop = int(data_config.resize_size), int(data_config.crop_size)
+  affine = _preset_affine(data_config)
   warp = bool(data_config.get('warp', False))
 
   @_plain
   def preprocess(key, label):
-    image = augment.decode_and_resize(_encoded(key, are_paths), resize, warp)
-    if ten_crop:
-      image = augment.ten_crop_images(image, mean_rgb=mean_rgb, crop_size=crop, input_scale=scale)
-    else:
-      image = augment.center_crop_image(image, mean_rgb=mean_rgb, crop_size=crop,
-                                        input_scale=scale)
-    return {'image': image, 'label': tf.cast(label, tf.int32), 'mask': tf.constant(True)}
+    example = augment.eval_crops(_encoded(key, are_paths), mean_rgb=mean_rgb, five=ten_crop,
+                                 crop_size=crop, resize_size=resize,
+                                 input_scale=data_config.input_scale, affine=affine, warp=warp)
+    return {**example, 'label': tf.cast(label, tf.int32), 'mask': tf.constant(True)}
 
   ds = ds.map(preprocess, num_parallel_calls=_parallel(data_config), deterministic=True)
-  image_shape = ((augment.NUM_TEN_CROPS,) if ten_crop else ()) + (crop, crop, 3)
-  padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros(image_shape, tf.float32), 'label': tf.constant(0, tf.int32),
-      'mask': tf.constant(False)}).repeat(steps * local_batch - local_count)
+  pad = {k: tf.zeros(v.shape, v.dtype) for k, v in ds.element_spec.items()}
+  padding = tf.data.Dataset.from_tensors({**pad, 'mask': tf.constant(False)}).repeat(
+      steps * local_batch - local_count)
   ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
   ds = ds.prefetch(data_config.get('prefetch', 2)).with_options(_options(data_config))
-  return _with_preset_preprocessing(data_config, ds.as_numpy_iterator())
+  return ds.as_numpy_iterator()
 
 
 # --------------------------------------------------------------------------------------------
 # Command line: prepare a dataset
 # --------------------------------------------------------------------------------------------
-def add_source_flags(parser: argparse.ArgumentParser) -> None:
-  """Command-line flags that choose a data source (shared by the package's small CLIs)."""
-  parser.add_argument('--source', default='embedded', choices=SOURCES)
-  parser.add_argument('--name', default='', help="TFDS name ('tfds'), or embedded config")
-  parser.add_argument('--data_dir', default=None, help='TFDS data_dir')
-  parser.add_argument('--manual_dir', default=None, help='imagenet2012 tars')
-  parser.add_argument('--folder', default='', help="image folder ('folder')")
-  parser.add_argument('--val_fraction', type=float, default=0.1)
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'default.py')
 
 
-def config_from_flags(args: argparse.Namespace) -> ml_collections.ConfigDict:
-  """:func:`default_data_config` with the flags of :func:`add_source_flags` applied."""
-  config = default_data_config()
-  config.source, config.name, config.folder = args.source, args.name, args.folder
-  config.data_dir, config.manual_dir = args.data_dir, args.manual_dir
-  config.val_fraction = args.val_fraction
-  return config
+def parse_config_flags(argv, define_flags=None, description: str = ''):
+  """absl flags of a data command line: ``--config`` and its ``--config.*`` overrides exactly as
+  the main job takes them, plus the command's own (``define_flags(flag_values)``).
+
+  A flag error ends the command with ``error: ...`` (exit 2). Returns the parsed FlagValues.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  argv = [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)
+  values = flags.FlagValues()
+  if define_flags is not None:
+    define_flags(values)
+  try:
+    # sys_argv: config_flags reads the --config.* overrides there when it defines them; a
+    # misspelt field raises KeyError/AttributeError from the config (what the main job reads).
+    config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'A config file (ml_collections).',
+                                    flag_values=values, lock_config=True, sys_argv=argv)
+    values(argv)
+    values.config.get('seed')  # the file loads lazily: make it load (and fail) here
+  except (flags.Error, KeyError, AttributeError, ValueError, OSError) as e:
+    sys.stderr.write(f'{description}\nerror: {e}; see --helpfull and the config files in '
+                     'alexnet_jax/configs/.\n')
+    sys.exit(2)
+  return values
 
 
 def main(argv=None):
-  """``python -m alexnet_jax.input_pipeline --source=imagenet2012 --data_dir=D --manual_dir=M``."""
-  parser = argparse.ArgumentParser(description='Prepares a dataset for alexnet_jax.')
-  add_source_flags(parser)
-  config = config_from_flags(parser.parse_args(argv))
-  prepare(config)
-  print(get_dataset_info(config))
+  """``python -m alexnet_jax.input_pipeline --config=alexnet_jax/configs/imagenet.py
+  --config.data.data_dir=D --config.data.manual_dir=M``: prepares the config's dataset."""
+  config = parse_config_flags(argv, description='Prepares the dataset of a config.').config
+  prepare(config.data)
+  print(get_dataset_info(config.data))
 
 
 if __name__ == '__main__':

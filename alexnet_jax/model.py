@@ -77,6 +77,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from jax import lax
 
@@ -86,8 +87,8 @@ from alexnet_jax.ops.conv import (NARROW_CONV_CHANNELS, Conv1Impl, ConvImpl,  # 
                                   conv_weight_grad_matmul, grouped_conv, space_to_depth_blocks,
                                   space_to_depth_conv)
 from alexnet_jax.ops.lrn import (LocalResponseNorm, LrnGrad, LrnImpl,  # noqa: F401
-                                 local_response_norm, lrn_window)
-from alexnet_jax.ops.pool import PoolImpl, adaptive_avg_pool, max_pool  # noqa: F401
+                                 WindowSum, local_response_norm, lrn_window)
+from alexnet_jax.ops.pool import PoolFn, PoolImpl, adaptive_avg_pool, max_pool  # noqa: F401
 
 Array = jax.Array
 Dtype = Any
@@ -221,23 +222,36 @@ def preset(name: str = 'paper', **overrides) -> AlexNet:
   return AlexNet(**{**PRESETS[name], **overrides})
 
 
+def preprocess_affine(name: str) -> tuple[np.ndarray, np.ndarray]:
+  """``(scale, offset)``, float32 (3,) each: a preset's pixel preprocessing is per channel
+  ``pixels * scale + offset`` (what :func:`preprocess` computes, and what the input pipeline
+  ships for the device to apply to its uint8 crops, ``data.preprocess``).
+
+  'paper': the project's input pipeline (``(pixels / 255 - IMAGENET_MEAN_RGB) * 255``: 0..255
+  units minus the mean pixel); 'bvlc', 'caffenet': Caffe's (0..255 minus
+  :data:`CAFFE_MEAN_RGB`); 'torchvision': ``(pixels / 255 - IMAGENET_MEAN_RGB) /
+  IMAGENET_STD_RGB``.
+  """
+  _check_preset(name)
+  mean = np.asarray(IMAGENET_MEAN_RGB, np.float64)
+  if name == 'paper':
+    scale, offset = np.ones(3), -255.0 * mean
+  elif name in ('bvlc', 'caffenet'):
+    scale, offset = np.ones(3), -np.asarray(CAFFE_MEAN_RGB, np.float64)
+  else:
+    std = np.asarray(IMAGENET_STD_RGB, np.float64)
+    scale, offset = 1.0 / (255.0 * std), -mean / std
+  return scale.astype(np.float32), offset.astype(np.float32)
+
+
 def preprocess(name: str, images: Array) -> Array:
   """A preset's pixel preprocessing: RGB NHWC images in 0..255 (uint8 or float) -> float32.
 
   The images are already resized and cropped to the preset's ``PRESET_INPUTS[name].input_size``.
-  'paper': the project's input pipeline (``(pixels / 255 - IMAGENET_MEAN_RGB) * 255``: 0..255
-  units minus the mean pixel); 'bvlc', 'caffenet': Caffe's (0..255 minus
-  :data:`CAFFE_MEAN_RGB`); 'torchvision': ``(pixels / 255 - IMAGENET_MEAN_RGB) /
-  IMAGENET_STD_RGB``. Jittable.
+  The per-channel affine map of :func:`preprocess_affine` (which says each preset's). Jittable.
   """
-  _check_preset(name)
-  x = jnp.asarray(images).astype(jnp.float32)
-  if name == 'paper':
-    return (x / 255.0 - jnp.asarray(IMAGENET_MEAN_RGB, jnp.float32)) * 255.0
-  if name in ('bvlc', 'caffenet'):
-    return x - jnp.asarray(CAFFE_MEAN_RGB, jnp.float32)
-  return (x / 255.0 - jnp.asarray(IMAGENET_MEAN_RGB, jnp.float32)) / jnp.asarray(
-      IMAGENET_STD_RGB, jnp.float32)
+  scale, offset = preprocess_affine(name)
+  return jnp.asarray(images).astype(jnp.float32) * scale + offset
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +308,11 @@ class AlexNet(nn.Module):
       takes :data:`CPU_IMPLS` when JAX's default backend is the CPU (the fastest measured on
       XLA:CPU, experiments/PERF.md) and :data:`XLA_NATIVE_IMPLS` elsewhere (XLA's own
       convolution gradients, grouped convolutions and pooling, which GPUs and TPUs run well).
+      The package holds what a default picks and XLA's own path of each op (the tests'
+      reference); variants that only an experiment times (other LRN window sums, a max-pool
+      of strided slices) live in experiments/lrn_formulations.py and
+      experiments/bench/model_options.py and come in as functions: ``lrn_impl`` takes a
+      :data:`WindowSum`, ``pool_impl`` a :data:`PoolFn`.
     model_axis, model_parallel_convs, model_parallel_fcs: model parallelism inside
       ``jax.shard_map`` (see the module docstring); leave ``model_axis=None`` on one device or
       in pure data parallelism.
@@ -316,8 +335,8 @@ class AlexNet(nn.Module):
   init_scheme: Literal['paper', 'caffe'] = 'paper'
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
-  pool_impl: PoolImpl | Auto = 'auto'
-  lrn_impl: LrnImpl = 'reduce_window'
+  pool_impl: PoolImpl | PoolFn | Auto = 'auto'
+  lrn_impl: LrnImpl | WindowSum = 'reduce_window'
   conv_impl: ConvImpl | Auto = 'auto'
   lrn_grad: LrnGrad = 'closed_form'
   conv_weight_grad: WeightGrad | Auto = 'auto'
@@ -335,14 +354,21 @@ class AlexNet(nn.Module):
     return (nn.initializers.normal(scheme['std'][name]),
             nn.initializers.constant(scheme['bias'][name]))
 
-  def impls(self) -> dict[str, str]:
-    """Every implementation option in effect, 'auto' resolved for JAX's default backend."""
+  def _impl_values(self) -> dict[str, Any]:
+    """Every implementation option, 'auto' resolved for JAX's default backend."""
     table = CPU_IMPLS if jax.default_backend() == 'cpu' else XLA_NATIVE_IMPLS
     chosen = {name: getattr(self, name) for name in CPU_IMPLS}
     resolved = {name: table[name] if value == 'auto' else value for name, value in chosen.items()}
     return {**resolved, 'lrn_impl': self.lrn_impl, 'lrn_grad': self.lrn_grad}
 
-  def _norm_pool(self, x: Array, lrn_groups: int, pool_impl: str) -> Array:
+  def impls(self) -> dict[str, str]:
+    """Every implementation option in effect, 'auto' resolved for JAX's default backend; an
+    experiment's function is named by its module and name."""
+    return {name: value if isinstance(value, str) else
+            f'{getattr(value, "__module__", "")}.{getattr(value, "__qualname__", repr(value))}'
+            for name, value in self._impl_values().items()}
+
+  def _norm_pool(self, x: Array, lrn_groups: int, pool_impl: PoolImpl | PoolFn) -> Array:
     def lrn(y):
       if not self.use_lrn:
         return y
@@ -371,7 +397,7 @@ class AlexNet(nn.Module):
       if features % fc_shards:
         raise ValueError(f'{name}: {features} outputs do not split over {fc_shards} devices.')
 
-  def _features(self, x: Array, conv_axis: str | None, impls: dict[str, str]) -> Array:
+  def _features(self, x: Array, conv_axis: str | None, impls: dict[str, Any]) -> Array:
     """conv1 .. pool5 (and the average pool, if any): images -> the map fc6 flattens."""
     conv_shards = _axis_size(conv_axis)
     for name, features, ksize, stride, pad, groups in self.conv_layers:
@@ -422,7 +448,8 @@ class AlexNet(nn.Module):
     conv_axis = self.model_axis if self.model_parallel_convs else None
     fc_axis = self.model_axis if self.model_parallel_fcs else None
     self._check_shards(_axis_size(conv_axis), _axis_size(fc_axis))
-    x = self._features(images.astype(self.dtype or self.param_dtype), conv_axis, self.impls())
+    x = self._features(images.astype(self.dtype or self.param_dtype), conv_axis,
+                       self._impl_values())
     x = _gather_features(x, conv_axis)  # fc6 sees both towers' (6, 6, 128) maps, HWC order.
     self.sow('intermediates', 'pool5_out', x)
     if self.model_axis is not None and fc_axis is not None and conv_axis is None:

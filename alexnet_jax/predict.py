@@ -101,7 +101,7 @@ def load_weights(path: str, preset: str | None):
   except weights.WeightsError as e:
     raise UsageError(str(e)) from e
   # A run (its workdir, checkpoints/ or one checkpoint): its own classes and preprocessing.
-  workdir = weights._run_dirs(path)[0] if os.path.isdir(path) else None  # pylint: disable=protected-access
+  workdir = weights.run_dirs(path)[0] if os.path.isdir(path) else None
   if workdir:
     with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
       inputs = run_inputs(workdir, json.load(f))

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from alexnet_jax import device_augment
 from alexnet_jax import model as model_lib
 
 
@@ -113,15 +114,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: model_l
                collectives: Collectives = Collectives()) -> tuple[TrainState, dict]:
   """One SGD step on ``batch`` ({'image': (B, 227, 227, 3), 'label': (B,)}) -> (state, metrics).
 
+  A uint8 ``image`` comes with its flips and colour offsets (``device_augment``), applied here.
   Metrics are means over the global batch: 'loss', 'top1_error', 'top5_error'.
   """
+  images = device_augment.network_inputs(batch)
   rng, step_rng = jax.random.split(state.rng)
   # Each device draws its own dropout mask.
   dropout_rng = jax.random.fold_in(step_rng, collectives.device_index())
   n_devices = collectives.num_devices()
 
   def objective(params):
-    logits = model.apply({'params': params}, batch['image'], train=True,
+    logits = model.apply({'params': params}, images, train=True,
                          rngs={'dropout': dropout_rng})
     labels = _labels_for(logits, batch['label'], model)
     ce = cross_entropy(logits, labels)
@@ -156,9 +159,10 @@ def eval_step(params, batch: dict[str, jax.Array], *, model: model_lib.AlexNet,
   'top5_errors', 'count'. Divide by 'count' for means.
 
   ``batch['image']`` is (B, 227, 227, 3), or (B, K, 227, 227, 3) for the paper's K-crop test
-  (the softmax outputs of the K crops are averaged before the loss and errors).
+  (the softmax outputs of the K crops are averaged before the loss and errors); uint8 crops are
+  made inputs first (``device_augment``).
   """
-  images = batch['image']
+  images = device_augment.network_inputs(batch)
   crops = images.shape[1] if images.ndim == 5 else 1
   flat = images.reshape((-1,) + images.shape[-3:])
   logits = model.apply({'params': params}, flat, train=False)

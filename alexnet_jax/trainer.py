@@ -9,6 +9,8 @@ process takes part in checkpoint saves and restores.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import json
 import math
 import os
@@ -27,6 +29,7 @@ import numpy as np
 
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import config_checks
+from alexnet_jax import device_feed
 from alexnet_jax import layout as layout_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -47,15 +50,25 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> model_li
   """The AlexNet a config describes: every field of ``config.model`` that AlexNet has."""
   m = config.model
   dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-  if m.dtype not in dtypes:
-    raise ValueError(f'config.model.dtype must be one of {sorted(dtypes)}, not {m.dtype!r}.')
+  dtype = resolve_compute_dtype(m.dtype)
+  if dtype not in dtypes:
+    raise ValueError(f"config.model.dtype must be 'auto' or one of {sorted(dtypes)}, not "
+                     f'{m.dtype!r}.')
   if m.init_scheme not in model_lib.INITS:
     raise ValueError(f'config.model.init_scheme must be one of {sorted(model_lib.INITS)}, not '
                      f'{m.init_scheme!r}.')
   fields = {f.name for f in dataclasses.fields(model_lib.AlexNet)}
   options = {k: v for k, v in m.items() if k in fields and k not in ('num_classes', 'dtype')}
   return model_lib.AlexNet(num_classes=num_classes,
-                           dtype=None if m.dtype == 'float32' else dtypes[m.dtype], **options)
+                           dtype=None if dtype == 'float32' else dtypes[dtype], **options)
+
+
+def resolve_compute_dtype(dtype: str) -> str:
+  """'auto': bfloat16 on GPU and TPU (their matrix units' fast type; parameters stay float32),
+  float32 on CPU (no faster there, and the CPU runs' numbers stay as they were)."""
+  if dtype != 'auto':
+    return dtype
+  return 'bfloat16' if jax.default_backend() in ('gpu', 'tpu') else 'float32'
 
 
 # AlexNet fields that do not change the function a checkpoint's parameters compute: how it is
@@ -279,10 +292,11 @@ def evaluate_params(s: Setup, params, ten_crop: bool, max_batches: int = -1) -> 
   totals = None
   batches = input_pipeline.eval_batches(s.config.data, global_batch_size=s.config.eval.batch_size,
                                         ten_crop=ten_crop)
-  for i, batch in enumerate(batches):
-    if 0 <= max_batches <= i:
-      break
-    sums = s.steps.eval_step(params, layout_lib.place_batch(batch, s.steps))
+  if max_batches >= 0:
+    batches = itertools.islice(batches, max_batches)
+  for batch in device_feed.prefetch_to_device(batches, functools.partial(
+      layout_lib.place_batch, steps=s.steps), s.config.data.get('device_prefetch', 2)):
+    sums = s.steps.eval_step(params, batch)
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   if totals is None:
     raise ValueError('The validation split yielded no batch; check config.data.eval_split.')
@@ -514,12 +528,13 @@ class _TrainingLoop:
     batches = self.pipeline.train_batches(config.data, global_batch_size=config.batch_size,
                                           seed=config.seed, epoch=loop.epoch,
                                           start_step=loop.step_in_epoch)
+    batches = device_feed.prefetch_to_device(batches, functools.partial(
+        layout_lib.place_batch, steps=self.s.steps), config.data.get('device_prefetch', 2))
     self._tick = (time.perf_counter(), loop.step)
     pending = []  # device metrics not yet read: reading each step would stall the pipeline
     stopped_by = None
     for batch in batches:
-      loop.state, metrics = self.s.steps.train_step(loop.state,
-                                                    layout_lib.place_batch(batch, self.s.steps))
+      loop.state, metrics = self.s.steps.train_step(loop.state, batch)
       loop.step += 1
       loop.step_in_epoch += 1
       pending.append(metrics['loss'])

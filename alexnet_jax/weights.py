@@ -288,7 +288,7 @@ def read_ours(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str
                 overrides=overrides, bgr=metadata.get('channel_order') == 'BGR')
 
 
-def _run_dirs(path: str) -> tuple[str, str | None]:
+def run_dirs(path: str) -> tuple[str, str | None]:
   """(the run's workdir, the checkpoint step directory if ``path`` names one)."""
   path = os.path.abspath(path.rstrip(os.sep))
   parts = path.split(os.sep)
@@ -316,7 +316,7 @@ def read_run(path: str) -> Source:
   """A run's params: ``path`` is its workdir, ``checkpoints/`` or ``checkpoints/<step>``; a
   workdir gives its best checkpoint by validation error (else the latest), as evaluation does."""
   from alexnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  workdir, step_dir = _run_dirs(path)
+  workdir, step_dir = run_dirs(path)
   config_path = os.path.join(workdir, checkpoint_lib.CONFIG_FILE)
   if not os.path.exists(config_path):
     raise WeightsError(f'{path}: no {checkpoint_lib.CONFIG_FILE} in {workdir}: not a run of '

@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import model as model_lib
+from alexnet_jax.ops import conv as conv_ops
 
 
 def space_to_depth(x, kernel, stride=4):
   """``model.space_to_depth_blocks`` and conv1's output size."""
-  blocks, block_kernel = model_lib.space_to_depth_blocks(x, kernel, stride)
+  blocks, block_kernel = conv_ops.space_to_depth_blocks(x, kernel, stride)
   out_h = (x.shape[1] - kernel.shape[0]) // stride + 1
   out_w = (x.shape[2] - kernel.shape[1]) // stride + 1
   return blocks, block_kernel, out_h, out_w
@@ -51,7 +51,7 @@ def main(argv):
   x = jnp.asarray(rng.normal(0, 60, (batch, 227, 227, 3)), jnp.float32)
   kernel = jnp.asarray(rng.normal(0, 0.01, (11, 11, 3, 96)), jnp.float32)
   forms = {'space_to_depth conv (default)':
-               jax.jit(lambda a, b: model_lib.space_to_depth_conv(a, b, 4, 'matmul')),
+               jax.jit(lambda a, b: conv_ops.space_to_depth_conv(a, b, 4, 'matmul')),
            'im2col + one GEMM': jax.jit(im2col_gemm),
            'per-tap GEMMs': jax.jit(per_tap_gemms)}
   reference = np.asarray(forms['space_to_depth conv (default)'](x, kernel))

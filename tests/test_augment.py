@@ -218,3 +218,101 @@ def test_normalize_units():
   image = tf.constant(np.full((2, 2, 3), 255, np.uint8))
   out = augment.normalize(image, (0.5, 0.25, 0.0), tf.constant([0.1, 0.0, -0.1]), 255.0)
   np.testing.assert_allclose(out.numpy()[0, 0], np.array([0.6, 0.75, 0.9]) * 255.0, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# The host/device split: uint8 crops on the host, flip and colour on the device
+# --------------------------------------------------------------------------------------------
+def _photo_jpeg(height: int, width: int, seed: int = 0) -> bytes:
+  """A photo-like JPEG (smooth colour plus sensor-like noise), quality 90."""
+  noise = np.random.default_rng(seed).normal(0, 12, (height, width, 3))
+  pixels = np.clip(_smooth_rgb(height, width) + noise, 0, 255).astype(np.uint8)
+  return _encode(Image.fromarray(pixels), 'JPEG', quality=90)
+
+
+@pytest.mark.parametrize('height,width', [(256, 256), (256, 341), (375, 500), (640, 480),
+                                          (200, 180)])
+def test_decode_square_crop_equals_the_crop_of_the_whole_square(height, width):
+  data = _photo_jpeg(height, width)
+  square = augment.decode_and_center_square(data).numpy().astype(int)
+  for y, x in ((0, 0), (29, 29), (14, 3), (7, 22)):
+    got = augment.decode_square_crop(data, y, x).numpy()
+    chex.assert_type(got, np.uint8)
+    diff = np.abs(got.astype(int) - square[y:y + 227, x:x + 227])
+    if min(height, width) == 256:  # Prepared data: nothing rescaled, the crop is exact.
+      assert diff.max() == 0
+    else:  # The same kernel and coordinates; float rounding may land a .5 the other way.
+      assert diff.max() <= 1 and diff.mean() < 1e-3, (diff.max(), diff.mean())
+
+
+def test_device_augmentation_equals_the_host_side_one():
+  """Same keys: the same crops, flips and colour shifts as ``train_image`` (fp32 rounding).
+
+  A 256-pixel image (prepared data), whose crops are exact (the test above bounds the others).
+  """
+  from alexnet_jax import device_augment  # pylint: disable=g-import-not-at-top
+  data = _photo_jpeg(256, 341, seed=3)
+  square = augment.decode_and_center_square(data)
+  stats = dict(mean_rgb=MEAN, pca_eigval=EIGVAL, pca_eigvec=EIGVEC)
+  keys = [augment.example_key(7, 1, index) for index in range(16)]
+  host = np.stack([augment.train_image(square, k, **stats).numpy() for k in keys])
+  examples = [augment.train_crop(data, k, **stats) for k in keys]
+  batch = {name: np.stack([e[name].numpy() for e in examples]) for name in examples[0]}
+  assert batch['image'].dtype == np.uint8 and 0 < batch['flip'].mean() < 1
+  device = np.asarray(device_augment.network_inputs(batch))
+  np.testing.assert_allclose(device, host, rtol=0, atol=1e-3)
+  # Evaluation: the centre crop, and the ten patches from five uint8 ones.
+  centre = device_augment.network_inputs(
+      {k: v.numpy()[None] for k, v in augment.eval_crops(data, mean_rgb=MEAN).items()})
+  np.testing.assert_allclose(centre[0], augment.center_crop_image(square, mean_rgb=MEAN),
+                             atol=1e-3)
+  five = {k: v.numpy()[None] for k, v in augment.eval_crops(data, mean_rgb=MEAN, five=True).items()}
+  chex.assert_shape(five['image'], (1, 5, 227, 227, 3))
+  np.testing.assert_allclose(device_augment.network_inputs(five)[0],
+                             augment.ten_crop_images(square, mean_rgb=MEAN), atol=1e-3)
+
+
+# A preset's preprocessing in float64, written out here (test_presets checks model.preprocess
+# against the same numbers): 0..255 pixels -> network inputs.
+_PRESET_REFERENCE = {
+    'bvlc': lambda x: x - np.array([122.679, 116.669, 104.007]),
+    'torchvision': lambda x: (x / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array(
+        [0.229, 0.224, 0.225]),
+}
+
+
+@pytest.mark.parametrize('name,crop_size', [('bvlc', 227), ('torchvision', 224)])
+def test_device_inputs_under_a_preset_and_warp(name, crop_size):
+  """``data.preprocess`` and ``data.warp`` on the uint8 pipeline: the device computes
+  ``preprocess(crop + 255 * pca_shift)`` from per-channel scale and offset, of crops of the
+  whole image warped to 256x256; train, centre crop and the ten patches."""
+  from alexnet_jax import device_augment  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  data = _photo_jpeg(300, 420, seed=5)
+  warped = augment.decode_and_warp(data).numpy().astype(np.float64)
+  preprocess = _PRESET_REFERENCE[name]
+  opts = dict(crop_size=crop_size, affine=model_lib.preprocess_affine(name), warp=True)
+  keys = [augment.example_key(3, 0, index) for index in range(8)]
+  examples = [augment.train_crop(data, k, mean_rgb=MEAN, pca_eigval=EIGVAL, pca_eigvec=EIGVEC,
+                                 **opts) for k in keys]
+  batch = {k: np.stack([e[k].numpy() for e in examples]) for k in examples[0]}
+  chex.assert_shape([batch['pixel_scale'], batch['pixel_offset']], (8, 3))
+  got = np.asarray(device_augment.network_inputs(batch))
+  for key, out in zip(keys, got):
+    p = {k: v.numpy() for k, v in augment.augment_params(key, 256, crop_size).items()}
+    y, x = int(p['offset_y']), int(p['offset_x'])
+    ref = warped[y:y + crop_size, x:x + crop_size]
+    ref = ref[:, ::-1] if p['flip'] else ref
+    shift = np.asarray(EIGVEC) @ (p['alpha'].astype(np.float64) * np.asarray(EIGVAL))
+    np.testing.assert_allclose(out, preprocess(ref + 255.0 * shift), rtol=1e-5, atol=1e-3)
+  mid = (256 - crop_size) // 2
+  centre = {k: v.numpy()[None] for k, v in augment.eval_crops(data, mean_rgb=MEAN, **opts).items()}
+  np.testing.assert_allclose(device_augment.network_inputs(centre)[0],
+                             preprocess(warped[mid:mid + crop_size, mid:mid + crop_size]),
+                             rtol=1e-5, atol=1e-3)
+  five = {k: v.numpy()[None]
+          for k, v in augment.eval_crops(data, mean_rgb=MEAN, five=True, **opts).items()}
+  patches = [warped[y:y + crop_size, x:x + crop_size]
+             for y, x in augment.ten_crop_offsets(256, crop_size)]
+  want = preprocess(np.stack(patches + [p[:, ::-1] for p in patches]))
+  np.testing.assert_allclose(device_augment.network_inputs(five)[0], want, rtol=1e-5, atol=1e-3)

@@ -15,20 +15,18 @@ import numpy as np
 import pytest
 
 from alexnet_jax import model as model_lib
+from alexnet_jax.ops import conv as conv_ops
+from experiments.bench import configs
+from experiments.bench import flops as flops_lib
+from experiments.bench import gpu
+from experiments.bench import model_options
+from experiments.bench import profile_layers
+from experiments.bench import report
+from experiments.bench import steps
+from experiments.bench import workers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'experiments', 'benchmark.py')
-
-
-def _load_benchmark():
-  spec = importlib.util.spec_from_file_location('alexnet_benchmark', SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up while being defined.
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _load_benchmark()
 
 
 def _has_torch() -> bool:
@@ -57,7 +55,7 @@ def _macs_from_the_model_table(num_classes=1000):
 
 def test_analytic_flops_follow_the_layer_table():
   macs = _macs_from_the_model_table()
-  flops = bench.analytic_flops(1)
+  flops = flops_lib.analytic_flops(1)
   assert set(flops['per_image_by_layer']) == set(macs)
   for name, m in macs.items():
     layer = flops['per_image_by_layer'][name]
@@ -68,54 +66,85 @@ def test_analytic_flops_follow_the_layer_table():
   assert flops['step_per_image'] == 6 * sum(macs.values()) - 2 * macs['conv1']
   # The paper's network: about 0.72 G multiply-adds forward per image.
   assert 0.70e9 < sum(macs.values()) < 0.74e9
-  assert bench.analytic_flops(128)['step'] == 128 * flops['step_per_image']
+  assert flops_lib.analytic_flops(128)['step'] == 128 * flops['step_per_image']
 
 
 # --------------------------------------------------------------------------------------------
 # Configurations and reporting
 # --------------------------------------------------------------------------------------------
 def test_parse_config_presets_and_json():
-  assert bench.parse_config('torch_compile').mode == 'compile'
-  c = bench.parse_config('x={"base": "jax_fgc", "label": "mine", "model": {"lrn_impl": "matmul"},'
+  assert configs.parse_config('torch_compile').mode == 'compile'
+  c = configs.parse_config('x={"base": "jax_fgc", "label": "mine", "model": {"lrn_impl": "matmul"},'
                          ' "xla_flags": "--xla_cpu_use_xnnpack=false"}')
   assert (c.name, c.kind, c.label) == ('x', 'jax', 'mine')
-  assert c.model == {**bench.PRESETS['jax_fgc'].model, 'lrn_impl': 'matmul'}
+  assert c.model == {**configs.PRESETS['jax_fgc'].model, 'lrn_impl': 'matmul'}
   assert c.xla_flags == '--xla_cpu_use_xnnpack=false'
   with pytest.raises(SystemExit, match='Unknown configuration'):
-    bench.parse_config('nope')
+    configs.parse_config('nope')
+
+
+def test_configurations_name_the_experiments_formulations():
+  """Options only the benchmark times are named like the model's own and reach the model as the
+  experiments' functions; every name a configuration or profile variant uses is one of them."""
+  import typing
+  import jax
+  import jax.numpy as jnp
+  from experiments import lrn_formulations
+  fgc = model_options.model_kwargs(configs.PRESETS['jax_fgc'].model)
+  assert fgc['lrn_impl'] is lrn_formulations.window_sum_shifted_slices
+  assert fgc['pool_impl'] == 'reduce_window' and fgc['conv_impl'] == 'feature_group_count'
+  split = model_options.model_kwargs(configs.PRESETS['jax_split_rw'].model)
+  assert split['pool_impl'] is model_options.max_pool_strided_slices
+  assert split['lrn_impl'] == 'reduce_window'
+  assert model_options.model_kwargs({'dtype': 'bfloat16'})['dtype'] == jnp.bfloat16
+  names = {'lrn_impl': set(typing.get_args(model_lib.LrnImpl)),
+           'pool_impl': set(typing.get_args(model_lib.PoolImpl)) | {'auto'}}
+  for option, functions in model_options.experiment_impls().items():
+    names[option] |= set(functions)
+  named = [c.model for c in configs.PRESETS.values()] + [
+      o for variants in profile_layers.PROFILE_VARIANTS.values() for _, _, o in variants]
+  for options in named:
+    for option in names:
+      assert options.get(option, 'auto' if option == 'pool_impl' else 'reduce_window') in \
+          names[option], options
+  for kwargs in (fgc, split):  # The model builds with them.
+    model = model_lib.AlexNet(num_classes=4, **kwargs)
+    shapes = jax.eval_shape(model.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, 227, 227, 3), jnp.float32))
+    assert shapes['params']['fc8']['kernel'].shape == (4096, 4)
 
 
 def test_worker_env_has_one_device_and_the_flags(monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=4 --foo=1')
-  env = bench.worker_env(bench.Config('a', 'jax', 'a', xla_flags='--bar=2'))
+  env = workers.worker_env(configs.Config('a', 'jax', 'a', xla_flags='--bar=2'))
   assert env['XLA_FLAGS'].split() == ['--foo=1', '--xla_force_host_platform_device_count=1',
                                       '--bar=2']
 
 
 def test_update_readme_replaces_only_its_section(tmp_path):
   readme = tmp_path / 'README.md'
-  readme.write_text(f'head\n{bench.README_START}\nold\n{bench.README_END}\ntail\n')
-  bench.update_readme(str(readme), '| new |\n')
-  assert readme.read_text() == f'head\n{bench.README_START}\n| new |\n{bench.README_END}\ntail\n'
+  readme.write_text(f'head\n{report.README_START}\nold\n{report.README_END}\ntail\n')
+  report.update_readme(str(readme), '| new |\n')
+  assert readme.read_text() == f'head\n{report.README_START}\n| new |\n{report.README_END}\ntail\n'
   (tmp_path / 'plain.md').write_text('no markers')
   with pytest.raises(SystemExit, match='benchmark:start'):
-    bench.update_readme(str(tmp_path / 'plain.md'), 'x')
+    report.update_readme(str(tmp_path / 'plain.md'), 'x')
 
 
 def test_without_torch_the_jax_side_still_runs(monkeypatch):
-  monkeypatch.setattr(bench, 'torch_available', lambda: False)
-  data = bench.run_benchmark([bench.PRESETS['matmul_jax'], bench.PRESETS['torch_eager']], [2],
+  monkeypatch.setattr(configs, 'torch_available', lambda: False)
+  data = steps.run_benchmark([configs.PRESETS['matmul_jax'], configs.PRESETS['torch_eager']], [2],
                              steps=2, warmup=0, matmul_size=64, gap_s=0.0, log=lambda m: None)
   assert [r['config'] for r in data['results']] == ['matmul_jax']
   assert 'torch_eager' in data['notes'][0]
   result = data['results'][0]
   assert len(result['step_times_s']) == 2 and result['gflops'] > 0
   assert result['peak_rss_mib'] >= result['rss_start_mib'] > 0
-  assert 'skipped torch_eager' in bench.markdown_report(data)
+  assert 'skipped torch_eager' in report.markdown_report(data)
 
 
 def test_a_failing_worker_reports_its_error():
-  worker = bench.SubprocessWorker(bench.Config('bad', 'nope', 'bad'), 2, 0, 64)
+  worker = workers.SubprocessWorker(configs.Config('bad', 'nope', 'bad'), 2, 0, 64)
   with pytest.raises(RuntimeError, match='Unknown configuration kind'):
     worker.start()
   worker.kill()
@@ -128,7 +157,7 @@ def test_command_line_run_writes_complete_results(tmp_path):
   configs = ['matmul_jax', 'jax_default'] + (['matmul_torch', 'torch_eager']
                                              if _has_torch() else [])
   readme = tmp_path / 'README.md'
-  readme.write_text(f'# x\n{bench.README_START}\n{bench.README_END}\n')
+  readme.write_text(f'# x\n{report.README_START}\n{report.README_END}\n')
   out_json, out_md = tmp_path / 'b.json', tmp_path / 'b.md'
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   proc = subprocess.run(
@@ -141,7 +170,7 @@ def test_command_line_run_writes_complete_results(tmp_path):
   assert {'command', 'date', 'machine', 'settings', 'flops', 'results'} <= set(data)
   assert data['machine']['cpu_count'] >= 1 and data['machine']['jax_version']
   assert [r['config'] for r in data['results']] == configs
-  analytic = bench.analytic_flops(2)
+  analytic = flops_lib.analytic_flops(2)
   for r in data['results']:
     assert r['batch'] == 2 and len(r['step_times_s']) == 1
     assert r['peak_rss_mib'] > 0 and r['first_step_s'] > 0
@@ -184,7 +213,7 @@ def test_gpu_path_logic_on_cpu():
     return 1000, batches()
 
   # float32 defaults: the bf16 path only changes the model's dtype (tested in test_model.py).
-  data = bench.run_gpu([2], steps=2, warmup=0, matmul_size=64, model_options={}, chain=2,
+  data = gpu.run_gpu([2], steps=2, warmup=0, matmul_size=64, model_options={}, chain=2,
                        e2e_steps=2, e2e_batch=2, batches_factory=fake_pipeline,
                        log=lambda m: None)
   assert data['ceiling_gflops'] > 0
@@ -192,14 +221,14 @@ def test_gpu_path_logic_on_cpu():
   assert train['batch'] == 2 and len(train['step_times_s']) == 2
   assert train['images_per_s'] == pytest.approx(2 / train['median_s'])
   assert train['fraction_of_ceiling'] == pytest.approx(
-      bench.analytic_flops(2)['step'] / train['median_s'] / 1e9 / data['ceiling_gflops'])
+      flops_lib.analytic_flops(2)['step'] / train['median_s'] / 1e9 / data['ceiling_gflops'])
   e2e = data['end_to_end']
   assert e2e['batch'] == 2 and e2e['num_classes'] == 1000
   for key in ('pipeline_images_per_s', 'step_images_per_s', 'end_to_end_images_per_s'):
     assert e2e[key] > 0
   assert e2e['bound_by'] in ('input pipeline', 'train step')
   assert np.isfinite(e2e['final_loss'])
-  table = bench.gpu_markdown(data)
+  table = gpu.gpu_markdown(data)
   assert '| 2 |' in table and 'bounded by the' in table
 
 
@@ -224,9 +253,9 @@ def test_profile_blocks_default_to_the_models_implementations(block, options, ma
   computes what XLA's own implementations compute."""
   import jax
   import jax.numpy as jnp
-  _, fwd_bwd, args = bench._jax_block(block, 2, options)  # pylint: disable=protected-access
+  _, fwd_bwd, args = profile_layers.jax_block(block, 2, options)
   assert (marker in str(jax.make_jaxpr(fwd_bwd)(*args))) is present
-  _, ref_fwd_bwd, _ = bench._jax_block(  # pylint: disable=protected-access
+  _, ref_fwd_bwd, _ = profile_layers.jax_block(
       block, 2, {**model_lib.XLA_NATIVE_IMPLS, 'lrn_grad': 'autodiff'})
   got, want = fwd_bwd(*args), ref_fwd_bwd(*args)
   for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
@@ -240,9 +269,9 @@ def test_no_donation_configuration_keeps_the_state():
   from alexnet_jax import optim
   from alexnet_jax import train
 
-  config = bench.parse_config('jax_no_donation')
-  assert config.donate is False and bench.PRESETS['jax_default'].donate is True
-  assert bench.parse_config('x={"base": "jax_default", "label": "x", "donate": false}').donate \
+  config = configs.parse_config('jax_no_donation')
+  assert config.donate is False and configs.PRESETS['jax_default'].donate is True
+  assert configs.parse_config('x={"base": "jax_default", "label": "x", "donate": false}').donate \
       is False
   model = model_lib.AlexNet(num_classes=4, dropout_rate=0.0)
   tx = optim.sgd_with_injected_lr(0.01)
@@ -262,7 +291,7 @@ def test_conv1_gemm_forms_equal_the_convolution():
   rng = np.random.default_rng(0)
   x = rng.normal(0, 60, (2, 67, 67, 3)).astype(np.float32)
   kernel = rng.normal(0, 0.01, (11, 11, 3, 96)).astype(np.float32)
-  want = np.asarray(model_lib.space_to_depth_conv(x, kernel, 4))
+  want = np.asarray(conv_ops.space_to_depth_conv(x, kernel, 4))
   np.testing.assert_array_equal(conv1_gemm.im2col_gemm(x, kernel), want)
   np.testing.assert_allclose(conv1_gemm.per_tap_gemms(x, kernel), want, rtol=1e-5,
                              atol=1e-5 * np.abs(want).max())

@@ -36,10 +36,11 @@ SENSIBLE = {
     ('data.num_parallel_calls', -1),        # AUTOTUNE
     ('data.prefetch', 0), ('data.prefetch', -1),
     ('data.threadpool_size', 0),
+    ('data.device_prefetch', 0),            # each batch placed just before its step
     ('optim.learning_rate', HUGE_FLOAT),    # diverges: a clear TrainingError
     ('optim.momentum', 0),
     ('optim.weight_decay', 0), ('optim.weight_decay', HUGE_FLOAT),  # diverges: TrainingError
-    ('optim.plateau_patience', 0), ('optim.plateau_patience', HUGE_INT),
+    ('optim.plateau_patience', HUGE_INT),
     ('optim.plateau_max_decays', 0), ('optim.plateau_max_decays', HUGE_INT),
     ('optim.plateau_min_delta', 0), ('optim.plateau_min_delta', HUGE_FLOAT),
     ('optim.step_factor', HUGE_FLOAT),      # diverges: TrainingError

@@ -15,6 +15,7 @@ from PIL import Image
 
 from alexnet_jax import augment
 from alexnet_jax import data_stats
+from alexnet_jax import device_augment
 from alexnet_jax import input_pipeline as ip
 from alexnet_jax.datasets import folder as folder_lib
 from alexnet_jax.datasets import shapes
@@ -36,16 +37,25 @@ def _config(data_dir, **overrides):
   return c
 
 
-def _train(config, **kwargs):
-  kwargs.setdefault('process_index', 0)
-  kwargs.setdefault('process_count', 1)
-  return list(ip.train_batches(config, global_batch_size=kwargs.pop('batch', B), **kwargs))
+def _inputs(batch):
+  """The batch as the network sees it: the device's half of the augmentation applied."""
+  out = {k: v for k, v in batch.items() if k in ('label', 'mask')}
+  out['image'] = np.asarray(device_augment.network_inputs(batch))
+  return out
 
 
-def _eval(config, **kwargs):
+def _train(config, raw=False, **kwargs):
   kwargs.setdefault('process_index', 0)
   kwargs.setdefault('process_count', 1)
-  return list(ip.eval_batches(config, global_batch_size=kwargs.pop('batch', B), **kwargs))
+  batches = ip.train_batches(config, global_batch_size=kwargs.pop('batch', B), **kwargs)
+  return list(batches) if raw else [_inputs(b) for b in batches]
+
+
+def _eval(config, raw=False, **kwargs):
+  kwargs.setdefault('process_index', 0)
+  kwargs.setdefault('process_count', 1)
+  batches = ip.eval_batches(config, global_batch_size=kwargs.pop('batch', B), **kwargs)
+  return list(batches) if raw else [_inputs(b) for b in batches]
 
 
 def _assert_same(a, b):
@@ -73,7 +83,7 @@ def test_default_data_config():
   c = ip.default_data_config()
   assert c.source == 'embedded' and c.resize_size == 256 and c.crop_size == 227
   assert c.pca_alpha_std == 0.1 and c.input_scale == 255.0
-  np.testing.assert_allclose(c.pca_eigval, (0.2175, 0.0188, 0.0045))
+  np.testing.assert_allclose(c.pca_eigval, shapes.PCA_EIGVAL)  # The default config's.
   assert c.data_dir is None and c.manual_dir is None
   c.data_dir = '/tmp/x'  # Placeholders accept a string.
 
@@ -91,10 +101,15 @@ def test_steps():
 
 
 def test_train_batch_shapes(squares, data_dir):
-  batches = _train(_config(data_dir), seed=0, epoch=0)
+  for b in _train(_config(data_dir), raw=True, seed=0, epoch=0):  # What the host ships.
+    assert set(b) == {'image', 'label', 'flip', 'pixel_scale', 'pixel_offset'}
+    chex.assert_shape([b['image'], b['flip'], b['pixel_scale'], b['pixel_offset']],
+                      [(B, 227, 227, 3), (B,), (B,), (B, 3)])
+    chex.assert_type([b['image'], b['label'], b['flip'], b['pixel_offset']],
+                     [np.uint8, np.int32, bool, np.float32])
+  batches = _train(_config(data_dir, mean_rgb=augment.IMAGENET_MEAN_RGB), seed=0, epoch=0)
   assert len(batches) == 6
   for b in batches:
-    assert set(b) == {'image', 'label'}
     chex.assert_shape(b['image'], (B, 227, 227, 3))
     chex.assert_type([b['image'], b['label']], [np.float32, np.int32])
     assert 0 <= b['label'].min() and b['label'].max() < 10
@@ -145,7 +160,7 @@ def test_pca_noise_is_a_per_image_colour_shift(squares, data_dir):
     shifts.append(diff.mean(1))
   shifts = np.concatenate(shifts)
   # Covariance of 255 * eigvec @ (alpha * eigval) with alpha ~ N(0, 0.1^2 I).
-  v, lam = np.asarray(augment.IMAGENET_PCA_EIGVEC), np.asarray(augment.IMAGENET_PCA_EIGVAL)
+  v, lam = np.asarray(shapes.PCA_EIGVEC), np.asarray(shapes.PCA_EIGVAL)
   expected = (255 * 0.1) ** 2 * (v * lam**2) @ v.T
   np.testing.assert_allclose(np.cov(shifts.T), expected, atol=0.25 * expected.max())
   assert len({tuple(s.round(4)) for s in shifts}) == len(shifts)  # Fresh for every image.
@@ -203,10 +218,13 @@ def test_eval_batches_center_and_ten_crop(squares, data_dir):
   labels = np.concatenate([b['label'] for b in batches])[:60]
   np.testing.assert_array_equal(labels, [int(ex['label']) for ex in stored])
   for i in (0, 31, 59):
-    ref = _eval_reference(stored[i]['image'].numpy(), augment.IMAGENET_MEAN_RGB)
+    ref = _eval_reference(stored[i]['image'].numpy(), shapes.MEAN_RGB)
     assert np.abs(images[i] - ref).mean() < 2.0
 
-  ten = _eval(config, ten_crop=True)
+  raw = _eval(config, raw=True, ten_crop=True)
+  chex.assert_type(raw[0]['image'], np.uint8)
+  chex.assert_shape(raw[0]['image'], (B, 5, 227, 227, 3))  # The device adds the reflections.
+  ten = [_inputs(b) for b in raw]
   chex.assert_shape(ten[0]['image'], (B, 10, 227, 227, 3))
   np.testing.assert_array_equal(ten[0]['label'], batches[0]['label'])
   np.testing.assert_array_equal(ten[0]['image'][:, 4], batches[0]['image'])  # Crop 4: centre.
@@ -221,7 +239,7 @@ def test_stats_file_overrides_mean(squares, data_dir, tmp_path):
   base = _eval(_config(data_dir), batch=60)[0]['image']
   zero = _eval(_config(data_dir, stats_file=str(path)), batch=60)[0]['image']
   np.testing.assert_allclose(zero - base, np.broadcast_to(
-      255 * np.asarray(augment.IMAGENET_MEAN_RGB, np.float32), base.shape), atol=1e-3)
+      255 * np.asarray(shapes.MEAN_RGB, np.float32), base.shape), atol=1e-3)
   with pytest.raises(FileNotFoundError, match='data_stats'):
     _eval(_config(data_dir, stats_file=str(tmp_path / 'missing.json')))
 
@@ -296,7 +314,7 @@ def test_source_errors(tmp_path):
   message = str(e.value)
   for part in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar',
                os.path.join(str(tmp_path), 'downloads', 'manual'),
-               'python -m alexnet_jax.input_pipeline --source=imagenet2012'):
+               'python -m alexnet_jax.input_pipeline --config=alexnet_jax/configs/imagenet.py'):
     assert part in message
   c = ip.default_data_config()
   c.source = 'folder'
@@ -465,10 +483,42 @@ def test_data_stats_against_numpy(tmp_path):
 
 
 def test_data_stats_cli(tmp_path, capsys, data_dir, squares):
-  data_stats.main(['--name=alexnet_jax_shapes/tiny', f'--data_dir={data_dir}',
-                   f'--workdir={tmp_path}', '--num_images=20'])
+  data_stats.main(['--config.data.name=alexnet_jax_shapes/tiny',
+                   f'--config.data.data_dir={data_dir}', f'--workdir={tmp_path}',
+                   '--num_images=20'])
   assert 'data_stats.json' in capsys.readouterr().out
   stats = json.loads((tmp_path / 'data_stats.json').read_text())
   assert stats['num_images'] == 20
   # Random colours: the mean is mid-grey and no direction dominates as it does in ImageNet.
   np.testing.assert_allclose(stats['mean_rgb'], 0.5, atol=0.1)
+
+
+def test_epoch_indices_are_one_order_sliced_over_processes():
+  single = ip.epoch_indices(103, 12, seed=3, epoch=1)
+  assert len(single) == 8 * 12 and len(set(single)) == len(single)
+  assert set(single) <= set(range(103))
+  for count in (2, 3, 4):
+    parts = [ip.epoch_indices(103, 12, seed=3, epoch=1, process_index=p, process_count=count)
+             for p in range(count)]
+    joined = np.concatenate([part.reshape(8, 12 // count) for part in parts], axis=1)
+    np.testing.assert_array_equal(joined.reshape(-1), single)
+  assert not np.array_equal(single, ip.epoch_indices(103, 12, seed=3, epoch=2))
+
+
+def test_global_batches_do_not_depend_on_the_process_count(squares, data_dir):
+  """Two processes' parts of each batch, side by side, are the one-process batch, bit for bit."""
+  config = _config(data_dir)
+  single = _train(config, seed=5, epoch=1, start_step=2)
+  parts = [_train(config, seed=5, epoch=1, start_step=2, process_index=p, process_count=2)
+           for p in range(2)]
+  joined = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*parts)]
+  _assert_same(single, joined)
+
+
+def test_data_commands_take_the_main_jobs_config_flags(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    data_stats.main(['--config.data.nmae=x', f'--workdir={tmp_path}'])
+  assert e.value.code == 2 and 'error: ' in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
+    ip.main(['--config=alexnet_jax/configs/no_such_config.py'])
+  assert e.value.code == 2

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from alexnet_jax.model import LocalResponseNorm, local_response_norm
+from experiments.lrn_formulations import WINDOW_SUMS
 
+# The package's 'reduce_window' and the experiment's window sums (passed as functions).
 IMPLS = ('reduce_window', 'matmul', 'shifted_slices', 'cumsum')
 SCALES = (1.0, 10.0, 100.0, 1000.0)  # At 1 the alpha term is invisible; at 1000 it dominates.
 PAPER = dict(k=2.0, alpha=1e-4, beta=0.75)
@@ -44,7 +46,8 @@ def _input(shape, scale, seed=0):
 def test_matches_the_formula(impl, size, groups):
   for scale in SCALES:
     x = _input((2, 3, 2, 16), scale, seed=size)
-    got = local_response_norm(jnp.asarray(x), size=size, groups=groups, impl=impl, **PAPER)
+    got = local_response_norm(jnp.asarray(x), size=size, groups=groups, impl=WINDOW_SUMS[impl],
+                              **PAPER)
     want = reference_lrn(x, size=size, groups=groups, **PAPER)
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=0, err_msg=f'scale {scale}')
 
@@ -87,6 +90,9 @@ def test_errors_say_what_to_do():
     local_response_norm(jnp.ones((1, 10)), groups=3)
   with pytest.raises(ValueError, match='size must be at least 1'):
     local_response_norm(jnp.ones((1, 10)), size=0)
+  # The other formulations are the experiment's functions, no longer names the package knows.
+  with pytest.raises(ValueError, match='experiments/lrn_formulations.py'):
+    local_response_norm(jnp.ones((1, 10)), impl='matmul')
 
 
 @pytest.mark.parametrize('scale', [1.0, 1000.0])
@@ -133,7 +139,8 @@ def test_gradient_matches_finite_differences(impl, scale):
   want = _finite_difference_grad(f64, x, eps=1e-5 * scale)
 
   def loss(a):
-    return jnp.sum(jnp.asarray(weights, a.dtype) * local_response_norm(a, groups=2, impl=impl))
+    return jnp.sum(jnp.asarray(weights, a.dtype) * local_response_norm(a, groups=2,
+                                                                       impl=WINDOW_SUMS[impl]))
 
   with jax.enable_x64(True):
     got64 = jax.grad(loss)(jnp.asarray(x, jnp.float64))

@@ -17,6 +17,7 @@ from jax import lax
 
 from alexnet_jax import model as model_lib
 from alexnet_jax.model import AlexNet, count_params, grouped_conv, max_pool, predict_probabilities
+from experiments.bench.model_options import max_pool_strided_slices
 
 BATCH = 2
 # (name, params) of the paper's table; the total is the paper's 60,965,224.
@@ -184,7 +185,7 @@ def test_intermediate_shapes_follow_the_table(model):
   assert shapes['fc7'] == ((4096,), (4096,))
   assert shapes['fc8'] == ((4096,), (1000,))
   assert logits.shape == (BATCH, 1000) and logits.dtype == jnp.float32
-  for impl in ('strided_slices', 'reduce_window'):
+  for impl in (max_pool_strided_slices, 'strided_argmax', 'reduce_window'):
     pooled = jax.eval_shape(functools.partial(max_pool, impl=impl),
                             jax.ShapeDtypeStruct((BATCH, 13, 13, 256), jnp.float32))
     assert pooled.shape == (BATCH, 6, 6, 256)
@@ -392,7 +393,8 @@ def test_strided_slices_max_pool_equals_reduce_window(shape):
   rng = np.random.default_rng(sum(shape))
   # A permutation: no ties, so the two implementations route gradients to the same elements.
   x = jnp.asarray(rng.permutation(np.prod(shape)).reshape(shape) / np.prod(shape), jnp.float32)
-  out, vjp = jax.vjp(functools.partial(max_pool, impl='strided_slices'), x)
+  # The experiment's formulation (experiments/bench/model_options.py), through the model's op.
+  out, vjp = jax.vjp(functools.partial(max_pool, impl=max_pool_strided_slices), x)
   ref, ref_vjp = jax.vjp(
       lambda a: nn.max_pool(a, (3, 3), strides=(2, 2), padding='VALID'), x)
   np.testing.assert_array_equal(out, ref)

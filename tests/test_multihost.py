@@ -285,13 +285,15 @@ def runs(tmp_path_factory, data_dir, setup):
 
 
 def _global_batches(config, num_steps: int, order=(0, 1)):
-  """Global batch t: the processes' parts of batch t (their per-process splits), concatenated."""
-  parts = [ip.train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed,
-                            epoch=0, process_index=p, process_count=NUM_PROCESSES)
-           for p in order]
+  """Global batch t as one process reads it (the data order does not depend on the process
+  count); ``order=(1, 0)`` swaps the halves the two processes feed."""
+  batches = ip.train_batches(config.data, global_batch_size=config.batch_size, seed=config.seed,
+                             epoch=0, process_index=0, process_count=1)
+  half = config.batch_size // NUM_PROCESSES
   for _ in range(num_steps):
-    local = [next(it) for it in parts]
-    yield {k: np.concatenate([b[k] for b in local]) for k in local[0]}
+    batch = next(batches)
+    yield {k: np.concatenate([v[p * half:(p + 1) * half] for p in order])
+           for k, v in batch.items()}
 
 
 @pytest.fixture(scope='module')
@@ -354,6 +356,31 @@ def test_fresh_job_resumes_from_the_checkpoint(runs, reference):
   records = [json.loads(l) for l in (runs['workdir'] / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in records if r['event'] == 'train'] == list(range(1, RESUMED_STEPS + 1))
   assert [r['step'] for r in records if r['event'] == 'eval'] == [FIRST_STEPS, RESUMED_STEPS]
+
+
+@pytest.fixture(scope='module')
+def one_process_run(tmp_path_factory, data_dir, setup, runs):
+  """The same command as one process with all 4 devices, uninterrupted to RESUMED_STEPS."""
+  del runs  # after the 2-process jobs: the CPUs are theirs meanwhile
+  workdir = tmp_path_factory.mktemp('one_process_run')
+  argv = [sys.executable, '-m', 'alexnet_jax.main', f'--workdir={workdir}',
+          *_config_flags(data_dir, RESUMED_STEPS)]
+  done = subprocess.run(argv, cwd=str(workdir), env=_child_env(NUM_PROCESSES * DEVICES_PER_PROCESS),
+                        capture_output=True, text=True, timeout=JOB_TIMEOUT_S, check=False)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  return _restore(setup, workdir, RESUMED_STEPS)
+
+
+@pytest.mark.timeout(1500)
+def test_one_process_and_two_processes_with_a_resume_end_at_the_same_parameters(
+    runs, one_process_run):
+  """Through the main job: the data order and every crop are the same on 1 and 2 processes."""
+  _, two, _ = runs['restored']
+  _, one, meta = one_process_run
+  assert meta['step_in_epoch'] == RESUMED_STEPS
+  diff = _check_equal_to_reference(two, one, RESUMED_STEPS)
+  norm = max(float(np.max(np.abs(x))) for x in jax.tree_util.tree_leaves(one.params))
+  print(f'1 process vs 2 processes: max |diff| {diff:.3g} (largest parameter {norm:.3g})')
 
 
 @pytest.mark.timeout(1500)

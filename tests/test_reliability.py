@@ -434,7 +434,8 @@ def _bad_input_cases(s: tiny.Session) -> dict:
           s.command(work('w9'), '--config=alexnet_jax/configs/imagenet.py',
                     f'--config.data.data_dir={no_imagenet}', config=False), 2,
           r'ImageNet is not prepared: put ILSVRC2012_img_train\.tar and ILSVRC2012_img_val\.tar '
-          r'.* into \S+, then run: python -m alexnet_jax\.input_pipeline --source=imagenet2012'),
+          r'.* into \S+, then run: python -m alexnet_jax\.input_pipeline '
+          r'--config=alexnet_jax/configs/imagenet\.py'),
   }
 
 

@@ -14,6 +14,8 @@ from jax import lax
 
 from alexnet_jax import model as model_lib
 from alexnet_jax import train as train_lib
+from experiments.bench.model_options import max_pool_strided_slices
+from experiments.lrn_formulations import WINDOW_SUMS
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 
@@ -155,13 +157,13 @@ def test_closed_form_lrn_gradient_equals_autodiff(impl, size, groups, beta):
 
   def loss(grad):
     return lambda a: jnp.sum(read_out * model_lib.local_response_norm(
-        a, size=size, beta=beta, groups=groups, impl=impl, grad=grad))
+        a, size=size, beta=beta, groups=groups, impl=WINDOW_SUMS[impl], grad=grad))
 
   _assert_close(jax.grad(loss('closed_form'))(x), jax.grad(loss('autodiff'))(x))
   _assert_close(model_lib.local_response_norm(x, size=size, beta=beta, groups=groups,
-                                              impl=impl, grad='closed_form'),
+                                              impl=WINDOW_SUMS[impl], grad='closed_form'),
                 model_lib.local_response_norm(x, size=size, beta=beta, groups=groups,
-                                              impl=impl))
+                                              impl=WINDOW_SUMS[impl]))
 
 
 def test_closed_form_lrn_gradient_matches_finite_differences():
@@ -279,6 +281,11 @@ def test_auto_implementations_follow_the_backend(monkeypatch):
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert model_lib.AlexNet().impls() == {**model_lib.XLA_NATIVE_IMPLS,
                                          'lrn_impl': 'reduce_window', 'lrn_grad': 'closed_form'}
-  chosen = model_lib.AlexNet(pool_impl='strided_slices', conv1_impl='space_to_depth').impls()
-  assert chosen['pool_impl'] == 'strided_slices' and chosen['conv1_impl'] == 'space_to_depth'
+  chosen = model_lib.AlexNet(pool_impl='strided_argmax', conv1_impl='space_to_depth').impls()
+  assert chosen['pool_impl'] == 'strided_argmax' and chosen['conv1_impl'] == 'space_to_depth'
   assert chosen['conv_impl'] == model_lib.XLA_NATIVE_IMPLS['conv_impl']
+  # An experiment's formulation is recorded by where it lives (impls() goes into JSON files).
+  chosen = model_lib.AlexNet(pool_impl=max_pool_strided_slices,
+                             lrn_impl=WINDOW_SUMS['matmul']).impls()
+  assert chosen['pool_impl'] == 'experiments.bench.model_options.max_pool_strided_slices'
+  assert chosen['lrn_impl'] == 'experiments.lrn_formulations.window_sum_matmul'

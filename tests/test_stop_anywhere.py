@@ -171,11 +171,11 @@ def test_a_checkpoint_saved_by_earlier_versions_on_an_epochs_last_step_resumes(
 @pytest.mark.timeout(900)
 def test_the_plateau_policy_with_evaluations_every_two_epochs_resumes_by_value(
     in_process_runs, monkeypatch):
-  """5 epochs, evaluations after epochs 2, 4 and 5; patience 0 divides the rate at the first
+  """5 epochs, evaluations after epochs 2, 4 and 5; patience 1 divides the rate at the first
   evaluation that does not improve. A stop in epoch 3 (between evaluations) must restore the
   policy's best error and count."""
   config = tiny.small_config(in_process_runs.folder, {
-      'num_epochs': 5, 'optim.lr_policy': 'plateau', 'optim.plateau_patience': 0,
+      'num_epochs': 5, 'optim.lr_policy': 'plateau', 'optim.plateau_patience': 1,
       'eval.every_epochs': 2, 'log_every_steps': 1})
   reference = in_process_runs.new_dir('plateau_reference')
   in_process_runs.run(config, reference, monkeypatch)
@@ -200,7 +200,7 @@ def test_each_architecture_field_changed_on_resume_is_refused(
   os.remove(os.path.join(workdir, checkpoint_lib.CONFIG_FILE))  # identity is not this file
   changed = tiny.small_config(in_process_runs.folder)
   section = changed.data if field == 'crop_size' else changed.model
-  old = section.get(field, getattr(trainer.build_model(changed, 2), field))
+  old = section[field] if field in section else getattr(trainer.build_model(changed, 2), field)
   if isinstance(old, bool):
     new = not old
   elif isinstance(old, int):

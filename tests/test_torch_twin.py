@@ -18,7 +18,8 @@ torch = pytest.importorskip(
     'torch', reason='PyTorch twin tests need torch: pip install -e ".[compare]"')
 
 from alexnet_jax import model as model_lib  # noqa: E402
-from alexnet_jax import torch_twin  # noqa: E402
+from alexnet_jax.ops import lrn as lrn_ops  # noqa: E402
+from experiments.bench import torch_twin  # noqa: E402
 from alexnet_jax import train as train_lib  # noqa: E402
 
 NUM_CLASSES = 10
@@ -162,3 +163,23 @@ def test_twin_train_step_runs():
   opt.step()
   torch.testing.assert_close(twin.conv1.weight, before_w * (1 - 0.1 * 5e-4))
   torch.testing.assert_close(twin.conv2.bias, before_b)
+
+
+def test_twin_geometry_is_the_models_layer_table():
+  """The twin's PyTorch-style conv table is alexnet_jax.model's table (in channels chained)."""
+  channels = 3
+  for (name, features, ksize, stride, pad, groups), twin_row in zip(model_lib.CONV_LAYERS,
+                                                                   torch_twin.CONV_LAYERS):
+    assert twin_row == (name, channels, features, ksize, stride, pad, groups)
+    channels = features
+  assert len(torch_twin.CONV_LAYERS) == len(model_lib.CONV_LAYERS)
+
+
+def test_caffe_lrn_constants_match_the_jax_lrn():
+  """LRN with Caffe's k=1 and alpha 1e-4 / 5 on a sum (bvlc_alexnet), across all channels."""
+  x = np.random.default_rng(0).normal(0, 30, (2, 13, 13, 16)).astype(np.float32)
+  want = np.asarray(lrn_ops.local_response_norm(x, 5, 1.0, 1e-4 / 5, 0.75, groups=1))
+  norm = torch_twin.GroupedLRN(5, 1e-4 / 5, 0.75, 1.0, groups=1)
+  got = norm(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
+  assert _rel_err(want / x, np.ones_like(x)) > 10 * RTOL  # the normalisation is not trivial
+  assert _rel_err(got, want) < RTOL

@@ -6,7 +6,7 @@
 The paper's network and optimizer; the class count comes from the folder. Compute the folder's
 own mean and PCA statistics first with
 ``python -m alexnet_jax.data_stats --config alexnet_jax/configs/folder.py
---config.data.folder=/path/to/images --out runs/mine/data_stats.json`` and pass
+--config.data.folder=/path/to/images --workdir runs/mine`` (it writes data_stats.json) and pass
 ``--config.data.stats_file=runs/mine/data_stats.json`` (ImageNet's are used otherwise).
 """
 from alexnet_jax.configs import imagenet

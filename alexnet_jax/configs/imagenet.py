@@ -7,6 +7,8 @@ Every number of the recipe (Krizhevsky, Sutskever and Hinton 2012, sections 3-5)
 """
 import ml_collections
 
+from alexnet_jax.datasets import imagenet_stats
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -23,7 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.lrn_alpha = 1e-4           # alpha (a sum of squares, not divided by n)
   c.model.lrn_beta = 0.75            # beta
   c.model.init_scheme = 'paper'      # N(0, 0.01) weights; bias 1 in conv2/4/5, fc6/7
-  c.model.dtype = 'float32'          # compute dtype; 'bfloat16' on accelerators
+  c.model.dtype = 'auto'             # compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU
+                                     # (parameters are float32 either way)
 
   # The data (section 4.1): 256 shorter side, central 256x256, random 227 crops and flips, PCA
   # colour noise with std 0.1, mean subtraction; 10-crop test.
@@ -39,11 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.resize_size = 256
   c.data.crop_size = 227
   # ImageNet's statistics in [0, 1] pixel units (fb.resnet.torch's published values).
-  c.data.mean_rgb = (0.485, 0.456, 0.406)
-  c.data.pca_eigval = (0.2175, 0.0188, 0.0045)
-  c.data.pca_eigvec = ((-0.5675, 0.7192, 0.4009),
-                       (-0.5808, -0.0045, -0.8140),
-                       (-0.5836, -0.6948, 0.4203))
+  c.data.mean_rgb = imagenet_stats.MEAN_RGB
+  c.data.pca_eigval = imagenet_stats.PCA_EIGVAL
+  c.data.pca_eigvec = imagenet_stats.PCA_EIGVEC
   c.data.pca_alpha_std = 0.1
   c.data.stats_file = ''             # a JSON from `python -m alexnet_jax.data_stats` overrides
   c.data.input_scale = 255.0         # the net sees raw 0..255 pixel units minus the mean
@@ -53,7 +54,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.shuffle_buffer = 16384
   c.data.num_parallel_calls = -1     # AUTOTUNE
   c.data.cache = False
-  c.data.prefetch = 2
+  # A copy made by `python -m alexnet_jax.datasets.prepared` (the paper's 256x256 JPEGs, read at
+  # random); when set, training and evaluation read it instead of the source above.
+  c.data.prepared_dir = ''
+  c.data.prefetch = 8                # host batches ready ahead: uint8 crops, 20 MB at batch 128
+  c.data.device_prefetch = 2         # batches already on the devices when a step starts
   c.data.threadpool_size = 0
 
   # Training (section 5).

@@ -1,17 +1,18 @@
 """Local response normalisation across channels (the paper's section 3.3), channels last.
 
-The window sum runs as ``lax.reduce_window`` or as one of three other formulations (same
-numbers); the gradient by autodiff or in closed form (a ``jax.custom_vjp``).
+The window sum runs as ``lax.reduce_window`` (or as a formulation an experiment passes in: see
+experiments/lrn_formulations.py); the gradient by autodiff or in closed form (a
+``jax.custom_vjp``).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 from jax import lax
 
@@ -27,21 +28,6 @@ def lrn_window(size: int) -> tuple[int, int]:
   return size // 2, (size - 1) // 2
 
 
-def _band_matrix(channels: int, size: int, groups: int) -> np.ndarray:
-  """(C, C) 0/1 matrix: ``B[j, c] = 1`` when channel j is in channel c's window and group."""
-  before, after = lrn_window(size)
-  idx = np.arange(channels)
-  group = idx // (channels // groups)
-  diff = idx[:, None] - idx[None, :]  # j - c
-  inside = (diff >= -before) & (diff <= after) & (group[:, None] == group[None, :])
-  return inside.astype(np.float32)
-
-
-def _window_sum_matmul(sq: Array, size: int, groups: int) -> Array:
-  band = jnp.asarray(_band_matrix(sq.shape[-1], size, groups), dtype=sq.dtype)
-  return jnp.dot(sq, band, precision=lax.Precision.HIGHEST)
-
-
 def _window_sum_reduce_window(sq: Array, size: int, groups: int) -> Array:
   before, after = lrn_window(size)
   shape = sq.shape
@@ -55,34 +41,20 @@ def _window_sum_reduce_window(sq: Array, size: int, groups: int) -> Array:
   return summed.reshape(shape)
 
 
-def _window_sum_cumsum(sq: Array, size: int, groups: int) -> Array:
-  before, after = lrn_window(size)
-  shape = sq.shape
-  grouped = sq.reshape(shape[:-1] + (groups, shape[-1] // groups))
-  pad = [(0, 0)] * (grouped.ndim - 1) + [(before + 1, after)]
-  csum = jnp.cumsum(jnp.pad(grouped, pad), axis=-1)
-  summed = csum[..., size:] - csum[..., :-size]
-  return summed.reshape(shape)
+# ``(squares, size, groups) -> window sums``: for each channel c (last axis), the sum of the
+# squares over its window (:func:`lrn_window`), clipped at its group's edges. An experiment may
+# pass its own formulation as ``impl`` (experiments/lrn_formulations.py holds three).
+WindowSum = Callable[[Array, int, int], Array]
+LrnImpl = Literal['reduce_window']
 
 
-def _window_sum_shifted(sq: Array, size: int, groups: int) -> Array:
-  before, after = lrn_window(size)
-  shape = sq.shape
-  grouped = sq.reshape(shape[:-1] + (groups, shape[-1] // groups))
-  width = grouped.shape[-1]
-  pad = [(0, 0)] * (grouped.ndim - 1) + [(before, after)]
-  padded = jnp.pad(grouped, pad)
-  summed = sum(padded[..., i:i + width] for i in range(size))
-  return summed.reshape(shape)
-
-
-_WINDOW_SUMS = {
-    'shifted_slices': _window_sum_shifted,
-    'matmul': _window_sum_matmul,
-    'reduce_window': _window_sum_reduce_window,
-    'cumsum': _window_sum_cumsum,
-}
-LrnImpl = Literal['shifted_slices', 'matmul', 'reduce_window', 'cumsum']
+def _window_sum(impl: LrnImpl | WindowSum) -> WindowSum:
+  if impl == 'reduce_window':
+    return _window_sum_reduce_window
+  if callable(impl):
+    return impl
+  raise ValueError(f"LRN: impl must be 'reduce_window' or a window-sum function (the other "
+                   f"formulations are in experiments/lrn_formulations.py), got {impl!r}.")
 
 
 LrnGrad = Literal['autodiff', 'closed_form']
@@ -94,9 +66,9 @@ def _flip_within_groups(v: Array, groups: int) -> Array:
 
 
 def _lrn_scale(xf: Array, size: int, k: float, alpha: float, beta: float, groups: int,
-               impl: LrnImpl) -> tuple[Array, Array]:
+               window_sum: WindowSum) -> tuple[Array, Array]:
   """``(s, s ** -beta)`` with ``s = k + alpha * window_sum(x^2)``."""
-  scale = k + alpha * _WINDOW_SUMS[impl](xf * xf, size, groups)
+  scale = k + alpha * window_sum(xf * xf, size, groups)
   if beta == 0.75:
     # x ** -0.75 = rsqrt(x) * rsqrt(sqrt(x)): two cheap ops instead of exp(log(x) * -0.75).
     return scale, lax.rsqrt(scale) * lax.rsqrt(jnp.sqrt(scale))
@@ -105,16 +77,16 @@ def _lrn_scale(xf: Array, size: int, k: float, alpha: float, beta: float, groups
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
 def _lrn_closed_form(xf: Array, size: int, k: float, alpha: float, beta: float, groups: int,
-                     impl: LrnImpl) -> Array:
-  return xf * _lrn_scale(xf, size, k, alpha, beta, groups, impl)[1]
+                     window_sum: WindowSum) -> Array:
+  return xf * _lrn_scale(xf, size, k, alpha, beta, groups, window_sum)[1]
 
 
-def _lrn_closed_form_fwd(xf, size, k, alpha, beta, groups, impl):
-  scale, inv = _lrn_scale(xf, size, k, alpha, beta, groups, impl)
+def _lrn_closed_form_fwd(xf, size, k, alpha, beta, groups, window_sum):
+  scale, inv = _lrn_scale(xf, size, k, alpha, beta, groups, window_sum)
   return xf * inv, (xf, inv, inv / scale)
 
 
-def _lrn_closed_form_bwd(size, k, alpha, beta, groups, impl, residuals, dy):
+def _lrn_closed_form_bwd(size, k, alpha, beta, groups, window_sum, residuals, dy):
   # y_c = x_c s_c^-b with s_c = k + a sum_{j in W(c)} x_j^2, so
   # dx_i = dy_i s_i^-b - 2ab x_i sum_{c: i in W(c)} dy_c x_c s_c^(-b-1).
   # {c: i in W(c)} is the mirrored window (after, before): for odd sizes W itself; for even
@@ -123,10 +95,9 @@ def _lrn_closed_form_bwd(size, k, alpha, beta, groups, impl, residuals, dy):
   t = dy * xf * inv_over_scale
   before, after = lrn_window(size)
   if before == after:
-    back = _WINDOW_SUMS[impl](t, size, groups)
+    back = window_sum(t, size, groups)
   else:
-    back = _flip_within_groups(
-        _WINDOW_SUMS[impl](_flip_within_groups(t, groups), size, groups), groups)
+    back = _flip_within_groups(window_sum(_flip_within_groups(t, groups), size, groups), groups)
   return (dy * inv - (2.0 * alpha * beta) * xf * back,)
 
 
@@ -135,7 +106,8 @@ _lrn_closed_form.defvjp(_lrn_closed_form_fwd, _lrn_closed_form_bwd)
 
 def local_response_norm(x: Array, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
                         beta: float = 0.75, groups: int = 1,
-                        impl: LrnImpl = 'reduce_window', grad: LrnGrad = 'autodiff') -> Array:
+                        impl: LrnImpl | WindowSum = 'reduce_window',
+                        grad: LrnGrad = 'autodiff') -> Array:
   """The paper's LRN over the last (channel) axis, as a function.
 
   ``b[c] = a[c] / (k + alpha * sum_{j in window(c)} a[j]^2) ** beta``: a *sum* of squares, alpha
@@ -148,11 +120,10 @@ def local_response_norm(x: Array, size: int = 5, k: float = 2.0, alpha: float = 
   sum: one window sum and a few elementwise ops instead of the transposes of every forward op
   (see experiments/PERF.md). Same numbers up to fp32 rounding.
 
-  ``impl`` picks how the window sum is computed; all give the same numbers. Forward+backward
-  on XLA:CPU, batch 32, fp32, 2 cores (``python experiments/lrn_formulations.py``), ms for
-  norm1 (32,55,55,96) / norm2 (32,27,27,256): 'reduce_window' 104 / 76 (the default, fastest),
-  'matmul' (banded (C, C) matrix, block-diagonal per group) 124 / 97, 'shifted_slices' (sum of
-  ``size`` shifted views) 239 / 142, 'cumsum' (difference of a cumulative sum) 291 / 128.
+  ``impl`` computes the window sum: 'reduce_window' (``lax.reduce_window``, XLA's own path, the
+  fastest measured on XLA:CPU) or a :data:`WindowSum` function of the same numbers (the
+  formulations experiments/lrn_formulations.py compares: a banded matrix product, a cumulative
+  sum, shifted slices).
   """
   channels = x.shape[-1]
   if channels % groups:
@@ -161,12 +132,13 @@ def local_response_norm(x: Array, size: int = 5, k: float = 2.0, alpha: float = 
     raise ValueError(f'LRN: size must be at least 1, got {size}.')
   if grad not in ('autodiff', 'closed_form'):
     raise ValueError(f"LRN: grad must be 'autodiff' or 'closed_form', got {grad!r}.")
+  window_sum = _window_sum(impl)
   # Squares and their sum in at least fp32: bf16 sums of squares lose the small alpha term.
   compute_dtype = jnp.promote_types(x.dtype, jnp.float32)
   xf = x.astype(compute_dtype)
   if grad == 'closed_form':
-    return _lrn_closed_form(xf, size, k, alpha, beta, groups, impl).astype(x.dtype)
-  return (xf * _lrn_scale(xf, size, k, alpha, beta, groups, impl)[1]).astype(x.dtype)
+    return _lrn_closed_form(xf, size, k, alpha, beta, groups, window_sum).astype(x.dtype)
+  return (xf * _lrn_scale(xf, size, k, alpha, beta, groups, window_sum)[1]).astype(x.dtype)
 
 
 class LocalResponseNorm(nn.Module):
@@ -189,7 +161,7 @@ class LocalResponseNorm(nn.Module):
   alpha: float = 1e-4
   beta: float = 0.75
   groups: int = 1
-  impl: LrnImpl = 'reduce_window'
+  impl: LrnImpl | WindowSum = 'reduce_window'
   grad: LrnGrad = 'autodiff'
 
   @nn.compact

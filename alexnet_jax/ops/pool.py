@@ -1,10 +1,11 @@
-"""Pooling over NHWC maps: the overlapping max-pool (three implementations, one with a
-hand-written gradient) and PyTorch's adaptive average pool.
+"""Pooling over NHWC maps: the overlapping max-pool (XLA's own, or with a hand-written
+gradient) and PyTorch's adaptive average pool.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Literal
 
 import jax
@@ -15,11 +16,15 @@ from jax import lax
 
 Array = jax.Array
 
-PoolImpl = Literal['reduce_window', 'strided_slices', 'strided_argmax']
+PoolImpl = Literal['reduce_window', 'strided_argmax']
+# ``(x, window, stride) -> pooled``: a max-pool formulation an experiment passes as ``impl``
+# (experiments/bench/model_options.py holds the strided-slices one).
+PoolFn = Callable[[Array, int, int], Array]
 
 
-def _pool_views(x: Array, window: int, stride: int) -> list[Array]:
-  """The window*window strided views of x, in row-major window order."""
+def pool_views(x: Array, window: int, stride: int) -> list[Array]:
+  """The window*window strided views of x (VALID windows), in row-major window order: the
+  elementwise max of them is the max-pool."""
   n, h, w, c = x.shape
   out_h = (h - window) // stride + 1
   out_w = (w - window) // stride + 1
@@ -32,7 +37,7 @@ def _pool_views(x: Array, window: int, stride: int) -> list[Array]:
 def _max_and_argmax(x: Array, window: int, stride: int) -> tuple[Array, Array]:
   """The max over each window and the window index (row-major) of its first maximum."""
   result, index = None, None
-  for k, view in enumerate(_pool_views(x, window, stride)):
+  for k, view in enumerate(pool_views(x, window, stride)):
     if result is None:
       result, index = view, jnp.zeros(view.shape, jnp.int8)
     else:
@@ -75,8 +80,8 @@ def _max_pool_argmax_bwd(window, stride, residuals, dy):
   # (the inputs whose coordinates are congruent to it mod s) it sits at (i + a // s, j + b // s).
   # So each plane's gradient is a sum of unit-stride shifted copies of the routed output
   # gradient (pads without interior padding, which XLA fuses into one pass per plane), and the
-  # planes interleave back into the input: far less memory traffic than the autodiff of
-  # 'strided_slices' (one input-sized, interior-padded scatter per window element).
+  # planes interleave back into the input: far less memory traffic than the autodiff of the max
+  # of the strided views (one input-sized, interior-padded scatter per window element).
   index, empty = residuals
   height, width = empty.shape[1:]
   n, out_h, out_w, c = dy.shape
@@ -102,27 +107,24 @@ _max_pool_argmax.defvjp(_max_pool_argmax_fwd, _max_pool_argmax_bwd)
 
 
 def max_pool(x: Array, window: int = 3, stride: int = 2,
-             impl: PoolImpl = 'strided_slices') -> Array:
+             impl: PoolImpl | PoolFn = 'reduce_window') -> Array:
   """Overlapping max-pooling (window 3, stride 2, no padding) over NHWC maps.
 
-  'strided_slices' takes the elementwise max of the window*window strided views; its gradient is
-  a fused select instead of XLA:CPU's slow select-and-scatter (see experiments/PERF.md). Ties
-  are broken differently from 'reduce_window' (they have measure zero for float activations).
-  'strided_argmax' computes the same max with the index of the first maximum and a hand-written
-  gradient (a ``jax.custom_vjp``) that routes each output's gradient to that element through
-  the input's stride-phase planes; ties go to the first maximum, as with 'reduce_window'.
+  'reduce_window' is XLA's own (``flax.linen.max_pool``; its gradient is a select-and-scatter,
+  slow on XLA:CPU). 'strided_argmax' computes the same max from the window*window strided views
+  with the index of the first maximum and a hand-written gradient (a ``jax.custom_vjp``) that
+  routes each output's gradient to that element through the input's stride-phase planes; ties
+  go to the first maximum, as with 'reduce_window'. A :data:`PoolFn` is an experiment's own
+  formulation (see experiments/PERF.md).
   """
   if impl == 'reduce_window':
     return nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
   if impl == 'strided_argmax':
     return _max_pool_argmax(x, window, stride)
-  if impl != 'strided_slices':
-    raise ValueError(f"pool impl must be 'reduce_window', 'strided_slices' or "
-                     f"'strided_argmax', got {impl!r}.")
-  result = None
-  for view in _pool_views(x, window, stride):
-    result = view if result is None else jnp.maximum(result, view)
-  return result
+  if callable(impl):
+    return impl(x, window, stride)
+  raise ValueError(f"pool impl must be 'reduce_window', 'strided_argmax' or a pooling "
+                   f"function (experiments/bench/model_options.py), got {impl!r}.")
 
 
 def _adaptive_pool_matrix(size_in: int, size_out: int) -> np.ndarray:

@@ -1,15 +1,19 @@
 """A PyTorch twin of ``alexnet_jax.model.AlexNet``: the same network, layer for layer.
 
-For the speed comparison (``experiments/benchmark.py``) and as an independent check of the JAX
-model (``tests/test_torch_twin.py``: with the same weights both give the same logits and
-gradients). Needs the ``compare`` extra (``pip install -e '.[compare]'``, ``torch==2.13.0``).
-Nothing in the package imports this module: ``import alexnet_jax`` never imports torch.
+For the speed comparisons (``experiments/benchmark.py``: training and inference) and as an
+independent check of the JAX model (``tests/test_torch_twin.py``: with the same weights both
+give the same logits and gradients). Needs the ``compare`` extra (``pip install -e
+'.[compare]'``, ``torch==2.13.0``). It lives beside its users, outside the installed package;
+it imports no JAX (a PyTorch worker's memory is PyTorch's alone).
 
 The twin is written the way a PyTorch user would write the paper's network, NCHW:
 
 * grouped convolutions with ``nn.Conv2d(groups=2)`` (conv2, conv4, conv5);
 * the paper's LRN is ``nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)``: PyTorch divides
   alpha by ``size``, so ``5e-4 / 5 = 1e-4`` is the paper's alpha on a *sum* of squares;
+* other LRN constants (``lrn_k``, ``lrn_alpha`` on a sum of squares, as in
+  ``alexnet_jax.model.AlexNet``): Caffe's bvlc_alexnet is ``k=1`` and alpha ``1e-4 / 5``, i.e.
+  ``nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1)``;
 * with ``lrn_groups=2`` (the paper's towers) the LRN is applied to each half of the channels
   separately and the halves concatenated: a window of ``nn.LocalResponseNorm`` on all channels
   would mix the two towers' maps at the boundary, which the paper's GPUs never did;
@@ -37,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# (name, in, out, kernel, stride, padding, groups): the paper's conv layers.
+# (name, in, out, kernel, stride, padding, groups): the paper's conv layers, written the PyTorch
+# way (tests/test_torch_twin.py checks them against alexnet_jax.model.CONV_LAYERS).
 CONV_LAYERS = (
     ('conv1', 3, 96, 11, 4, 0, 1),
     ('conv2', 96, 256, 5, 1, 2, 2),
@@ -77,7 +82,8 @@ class AlexNetTwin(nn.Module):
   """
 
   def __init__(self, num_classes: int = 1000, dropout_rate: float = 0.5, use_lrn: bool = True,
-               lrn_after_pool: bool = False, lrn_groups: int = 2):
+               lrn_after_pool: bool = False, lrn_groups: int = 2, lrn_size: int = 5,
+               lrn_k: float = 2.0, lrn_alpha: float = 1e-4, lrn_beta: float = 0.75):
     super().__init__()
     for name, cin, cout, ksize, stride, pad, groups in CONV_LAYERS:
       self.add_module(name, nn.Conv2d(cin, cout, ksize, stride, pad, groups=groups))
@@ -85,7 +91,8 @@ class AlexNetTwin(nn.Module):
     self.fc7 = nn.Linear(4096, 4096)
     self.fc8 = nn.Linear(4096, num_classes)
     self.pool = nn.MaxPool2d(3, 2)
-    self.norm = GroupedLRN(groups=lrn_groups) if use_lrn else nn.Identity()
+    self.norm = (GroupedLRN(lrn_size, lrn_alpha, lrn_beta, lrn_k, groups=lrn_groups) if use_lrn
+                 else nn.Identity())
     self.dropout = nn.Dropout(dropout_rate)
     self.lrn_after_pool = lrn_after_pool
     self.reset_parameters()
