@@ -35,13 +35,17 @@ def preset_data_fields(name: str) -> dict[str, Any]:
 
 
 def load(path: str):
-  """``(model, variables)`` of ``config.init_from``, with errors that name the config field."""
+  """``(model, params)`` of ``config.init_from``, with errors that name the config field:
+  the file's network, and a function that converts its parameters when called (a run that
+  resumes from its own checkpoints never needs them)."""
   from alexnet_jax import weights  # pylint: disable=g-import-not-at-top
   path = os.path.expanduser(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f'config.init_from: {path} does not exist; pass a weights file '
                             '(.caffemodel, .onnx, .pth, .safetensors or this project\'s own).')
-  return weights.load(path)
+  source = weights.read(path)
+  model = weights.choose_model(source)
+  return model, lambda: weights.to_params(source, model)
 
 
 def resolve_config(config: ml_collections.ConfigDict, model) -> ml_collections.ConfigDict:

@@ -19,6 +19,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -231,9 +232,9 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _initial_state(s: Setup, imported: dict | None = None) -> train_lib.TrainState:
-  """A fresh train state; with ``imported`` params (config.init_from), those in every layer
-  whose shape fits (all but a resized fc8)."""
+def _initial_state(s: Setup, imported: Callable[[], dict] | None = None) -> train_lib.TrainState:
+  """A fresh train state; with ``imported`` (config.init_from's params, converted when called),
+  those in every layer whose shape fits (all but a resized fc8)."""
   crop = s.config.data.crop_size
   init = jax.jit(lambda rng: train_lib.create_train_state(rng, s.model, s.tx, (1, crop, crop, 3)),
                  out_shardings=s.steps.state_sharding)
@@ -241,17 +242,18 @@ def _initial_state(s: Setup, imported: dict | None = None) -> train_lib.TrainSta
   if imported is None:
     return state
   log = print if jax.process_index() == 0 else lambda _: None
-  params = pretrained.start_params(jax.device_get(state.params), imported, log)
+  params = pretrained.start_params(jax.device_get(state.params), imported(), log)
   return state.replace(params=jax.device_put(params, s.steps.state_sharding.params))
 
 
 def imported_weights(config: ml_collections.ConfigDict):
   """``(config, params)``: for ``config.init_from``, the config with the file's preset and
-  preprocessing and the file's params; else ``(config, None)``."""
+  preprocessing, and a function that converts the file's params (called only by a run that
+  starts from scratch); else ``(config, None)``."""
   if not config.get('init_from'):
     return config, None
-  model, variables = pretrained.load(config.init_from)
-  return pretrained.resolve_config(config, model), jax.device_get(variables['params'])
+  model, params = pretrained.load(config.init_from)
+  return pretrained.resolve_config(config, model), params
 
 
 def _abstract_sharded(s: Setup):
@@ -408,7 +410,7 @@ class _TrainingLoop:
   """The loop of :func:`train_and_evaluate`: resume or init, epochs, their ends, the finish."""
 
   def __init__(self, s: Setup, workdir: str, ckpts: checkpoint_lib.Checkpoints,
-               stop: _StopRequest, imported: dict | None = None):
+               stop: _StopRequest, imported: Callable[[], dict] | None = None):
     from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
     self.s, self.config, self.workdir, self.ckpts, self.stop = s, s.config, workdir, ckpts, stop
     self.imported = imported  # config.init_from's params: the start when no checkpoint exists
@@ -831,9 +833,11 @@ def _evaluate_crops(s: Setup, params, what: str, results: dict) -> dict[str, Any
   return results
 
 
-def _evaluate_imported(config: ml_collections.ConfigDict, imported: dict) -> dict[str, Any]:
+def _evaluate_imported(config: ml_collections.ConfigDict,
+                       imported: Callable[[], dict]) -> dict[str, Any]:
   """Evaluates ``config.init_from``'s params unchanged, with the preset's preprocessing."""
   s = setup(config)
+  imported = imported()
   expected = s.abstract_state.params
   for layer, parts in expected.items():
     for part, value in parts.items():

@@ -45,7 +45,17 @@ def test_a_finetune_starts_from_the_imported_layers(files, capsys):
   workdir = str(root / 'run')
   ckpts = checkpoint_lib.Checkpoints(workdir, keep=1, async_save=False)
   loop = trainer._TrainingLoop(s, workdir, ckpts, None, imported)  # pylint: disable=protected-access
-  params = jax.device_get(loop.resume_or_init().state.params)
+  loop.loop = loop.resume_or_init()
+  params = jax.device_get(loop.loop.state.params)
+  loop.save()
+  ckpts.close()
+  # A run that resumes from its own checkpoint never converts the file's params again.
+  def unused():
+    raise AssertionError('init_from converted on resume')
+  ckpts = checkpoint_lib.Checkpoints(workdir, keep=1, async_save=False)
+  resumed = trainer._TrainingLoop(s, workdir, ckpts, None, unused)  # pylint: disable=protected-access
+  restored = jax.device_get(resumed.resume_or_init().state.params)
+  np.testing.assert_array_equal(restored['fc8']['kernel'], params['fc8']['kernel'])
   ckpts.close()
   _, reference = weights.load(path)
   for layer in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7'):
