@@ -38,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alexnet_jax import model as model_lib
-from alexnet_jax import train as train_lib
+from alexnet_jax import steps as steps_lib
 
 DATA, MODEL = 'data', 'model'
 MESH_AXES = (DATA, MODEL)
@@ -146,14 +146,14 @@ def grad_sum_axes(specs) -> Any:
                                 specs, is_leaf=lambda x: isinstance(x, P))
 
 
-def state_specs(layout: Layout, state: train_lib.TrainState,
-                tx: optax.GradientTransformation) -> train_lib.TrainState:
+def state_specs(layout: Layout, state: steps_lib.TrainState,
+                tx: optax.GradientTransformation) -> steps_lib.TrainState:
   """PartitionSpecs for a whole train state: optimizer slots follow their parameters."""
   pspecs = param_specs(layout, state.params)
   opt_specs = optax.tree_map_params(
       tx, lambda _, spec: spec, state.opt_state, pspecs,
       transform_non_params=lambda _: P(), is_leaf=lambda x: isinstance(x, P))
-  return train_lib.TrainState(step=P(), params=pspecs, opt_state=opt_specs, rng=P())
+  return steps_lib.TrainState(step=P(), params=pspecs, opt_state=opt_specs, rng=P())
 
 
 def check_batch(global_batch_size: int, mesh: Mesh, layout: Layout) -> None:
@@ -204,25 +204,25 @@ class ShardedSteps:
 
 
 def make_steps(model: model_lib.AlexNet, tx: optax.GradientTransformation, mesh: Mesh,
-               layout: Layout, abstract_state: train_lib.TrainState) -> ShardedSteps:
+               layout: Layout, abstract_state: steps_lib.TrainState) -> ShardedSteps:
   """Wraps ``train.train_step`` / ``train.eval_step`` in ``jax.shard_map`` over ``mesh``."""
   check_model(model, mesh, layout)
   specs = state_specs(layout, abstract_state, tx)
   batch_axes = _spec_axes(layout.batch_spec)
-  collectives = train_lib.Collectives(mesh_axes=MESH_AXES,
+  collectives = steps_lib.Collectives(mesh_axes=MESH_AXES,
                                       batch_axes=tuple(a for a in MESH_AXES if a in batch_axes),
                                       grad_sum_axes=grad_sum_axes(specs.params))
   local_model = sharded_model(model, layout)
   batch_spec = layout.batch_spec
 
   def train_fn(state, batch):
-    return train_lib.train_step(state, batch, model=local_model, tx=tx, collectives=collectives)
+    return steps_lib.train_step(state, batch, model=local_model, tx=tx, collectives=collectives)
 
   def eval_fn(params, batch):
-    return train_lib.eval_step(params, batch, model=local_model, collectives=collectives)
+    return steps_lib.eval_step(params, batch, model=local_model, collectives=collectives)
 
   # check_vma=False: each device differentiates its share of one global objective and the
-  # gradients are summed explicitly over the replicated axes (see alexnet_jax.train).
+  # gradients are summed explicitly over the replicated axes (see alexnet_jax.steps).
   train_sharded = jax.shard_map(train_fn, mesh=mesh, in_specs=(specs, batch_spec),
                                 out_specs=(specs, P()), check_vma=False)
   eval_sharded = jax.shard_map(eval_fn, mesh=mesh, in_specs=(specs.params, batch_spec),
@@ -236,7 +236,7 @@ def make_steps(model: model_lib.AlexNet, tx: optax.GradientTransformation, mesh:
       eval_step=jax.jit(eval_sharded))
 
 
-def place_state(state: train_lib.TrainState, steps: ShardedSteps) -> train_lib.TrainState:
+def place_state(state: steps_lib.TrainState, steps: ShardedSteps) -> steps_lib.TrainState:
   """Puts a (host or differently sharded) train state onto the mesh."""
   return jax.device_put(state, steps.state_sharding)
 

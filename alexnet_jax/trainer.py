@@ -36,7 +36,7 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import pretrained
 from alexnet_jax import report
-from alexnet_jax import train as train_lib
+from alexnet_jax import steps as steps_lib
 
 
 class TrainingError(RuntimeError):
@@ -134,7 +134,7 @@ class Setup:
   mesh: Any
   layout: layout_lib.Layout
   steps: layout_lib.ShardedSteps
-  abstract_state: train_lib.TrainState
+  abstract_state: steps_lib.TrainState
 
 
 def check_batch_split_over_processes(mesh, layout: layout_lib.Layout,
@@ -196,7 +196,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   model = build_model(config, num_classes)
   crop = config.data.crop_size
   abstract_state = jax.eval_shape(
-      lambda rng: train_lib.create_train_state(rng, model, tx, (1, crop, crop, 3)),
+      lambda rng: steps_lib.create_train_state(rng, model, tx, (1, crop, crop, 3)),
       jax.random.PRNGKey(0))
   steps = layout_lib.make_steps(model, tx, mesh, layout, abstract_state)
   return Setup(config, info, model, tx, mesh, layout, steps, abstract_state)
@@ -232,11 +232,11 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _initial_state(s: Setup, imported: Callable[[], dict] | None = None) -> train_lib.TrainState:
+def _initial_state(s: Setup, imported: Callable[[], dict] | None = None) -> steps_lib.TrainState:
   """A fresh train state; with ``imported`` (config.init_from's params, converted when called),
   those in every layer whose shape fits (all but a resized fc8)."""
   crop = s.config.data.crop_size
-  init = jax.jit(lambda rng: train_lib.create_train_state(rng, s.model, s.tx, (1, crop, crop, 3)),
+  init = jax.jit(lambda rng: steps_lib.create_train_state(rng, s.model, s.tx, (1, crop, crop, 3)),
                  out_shardings=s.steps.state_sharding)
   state = init(jax.random.PRNGKey(s.config.seed))
   if imported is None:
@@ -319,7 +319,7 @@ class LoopState:
   same numbers as an uninterrupted one. ``saved_step`` is the newest checkpoint on disk (None
   before the first save); it is not part of the meta.
   """
-  state: train_lib.TrainState
+  state: steps_lib.TrainState
   policy_state: dict
   step: int = 0
   epoch: int = 0
@@ -340,7 +340,7 @@ class LoopState:
             'last_eval': self.last_eval}
 
   @classmethod
-  def from_checkpoint(cls, step: int, state: train_lib.TrainState, meta: dict) -> LoopState:
+  def from_checkpoint(cls, step: int, state: steps_lib.TrainState, meta: dict) -> LoopState:
     """The loop state a checkpoint (``step``, its state and :meth:`to_meta`'s meta) holds."""
     return cls(state=state, step=int(step), epoch=int(meta['epoch']),
                step_in_epoch=int(meta['step_in_epoch']),

@@ -50,7 +50,7 @@ import numpy as np
 from alexnet_jax import layout as layout_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
-from alexnet_jax import train as train_lib
+from alexnet_jax import steps as steps_lib
 
 # (label, layout, mesh data, mesh model).
 # Two devices (the paper's two GPUs) under each scheme, then four devices.
@@ -196,7 +196,7 @@ def compiled_train_step_hlo(layout_name: str, data: int, model: int, batch: int,
   """The compiled HLO text of the sharded train step, from abstract inputs only."""
   net = model_lib.AlexNet(num_classes=num_classes)
   tx = optim.sgd_with_injected_lr(0.01)
-  abstract = jax.eval_shape(lambda rng: train_lib.create_train_state(rng, net, tx),
+  abstract = jax.eval_shape(lambda rng: steps_lib.create_train_state(rng, net, tx),
                             jax.random.PRNGKey(0))
   mesh = layout_lib.make_mesh(data, model, devices=jax.devices()[:data * model])
   layout = layout_lib.get_layout(layout_name)

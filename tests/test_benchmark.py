@@ -267,7 +267,7 @@ def test_no_donation_configuration_keeps_the_state():
   import jax
   import jax.numpy as jnp
   from alexnet_jax import optim
-  from alexnet_jax import train
+  from alexnet_jax import steps as steps_lib
 
   config = configs.parse_config('jax_no_donation')
   assert config.donate is False and configs.PRESETS['jax_default'].donate is True
@@ -277,8 +277,8 @@ def test_no_donation_configuration_keeps_the_state():
   tx = optim.sgd_with_injected_lr(0.01)
   batch = {'image': jnp.ones((1, 227, 227, 3)), 'label': jnp.zeros((1,), jnp.int32)}
   for donate in (False, True):
-    state = train.create_train_state(jax.random.key(0), model, tx)
-    step, _ = train.make_single_device_steps(model, tx, donate_state=donate)
+    state = steps_lib.create_train_state(jax.random.key(0), model, tx)
+    step, _ = steps_lib.make_single_device_steps(model, tx, donate_state=donate)
     step(state, batch)
     assert state.params['fc8']['kernel'].is_deleted() is donate
 

@@ -15,7 +15,7 @@ from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import layout as layout_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
-from alexnet_jax import train as train_lib
+from alexnet_jax import steps as steps_lib
 
 
 def _tree(scale):
@@ -192,7 +192,7 @@ def test_checkpoint_saved_under_data_parallel_restores_under_towers(tmp_path):
   """Issue: a checkpoint saved under data=2 restores under model=2 and training continues."""
   model = model_lib.AlexNet(num_classes=10, dropout_rate=0.0)
   tx = optim.sgd_with_injected_lr(0.01)
-  abstract = jax.eval_shape(lambda r: train_lib.create_train_state(r, model, tx),
+  abstract = jax.eval_shape(lambda r: steps_lib.create_train_state(r, model, tx),
                             jax.random.PRNGKey(0))
   rng = np.random.RandomState(0)
   batches = [{'image': rng.randn(4, 227, 227, 3).astype(np.float32),
@@ -202,7 +202,7 @@ def test_checkpoint_saved_under_data_parallel_restores_under_towers(tmp_path):
                                 layout_lib.get_layout('towers'), abstract)
   towers = layout_lib.make_steps(model, tx, layout_lib.make_mesh(1, 2, jax.devices()[2:4]),
                                  layout_lib.get_layout('towers'), abstract)
-  state = layout_lib.place_state(train_lib.create_train_state(jax.random.PRNGKey(0), model, tx),
+  state = layout_lib.place_state(steps_lib.create_train_state(jax.random.PRNGKey(0), model, tx),
                                  data2)
   state, _ = data2.train_step(state, layout_lib.place_batch(batches[0], data2))
   ckpts = checkpoint_lib.Checkpoints(str(tmp_path), keep=1, async_save=False)

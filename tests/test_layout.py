@@ -30,7 +30,7 @@ import pytest
 from alexnet_jax import layout as layout_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
-from alexnet_jax import train as train_lib
+from alexnet_jax import steps as steps_lib
 
 BATCH = 8
 NUM_CLASSES = 10
@@ -83,7 +83,7 @@ def _images(rng, shape):
   return rng.normal(0.0, 60.0, shape).astype(np.float32)
 
 
-def _initial_state(rng) -> train_lib.TrainState:
+def _initial_state(rng) -> steps_lib.TrainState:
   """A host train state with the paper's init: kernels N(0, 0.01), biases 0 or 1, no momentum.
 
   Drawn with numpy: the model's own init draws 57M normals with threefry, which costs 15 s on
@@ -95,7 +95,7 @@ def _initial_state(rng) -> train_lib.TrainState:
   params = {layer: {'kernel': rng.normal(0.0, 0.01, leaves['kernel'].shape).astype(np.float32),
                     'bias': np.full(leaves['bias'].shape, biases[layer], np.float32)}
             for layer, leaves in abstract.items()}
-  return jax.device_get(train_lib.TrainState(step=np.zeros((), np.int32), params=params,
+  return jax.device_get(steps_lib.TrainState(step=np.zeros((), np.int32), params=params,
                                              opt_state=TX.init(params),
                                              rng=np.asarray(jax.random.PRNGKey(0))))
 
@@ -125,7 +125,7 @@ def _inputs():
 def _reference():
   """The one-device results: host states and metrics after steps 1 and 2, and eval sums."""
   inputs = _inputs()
-  train, evaluate = train_lib.make_single_device_steps(MODEL, TX)
+  train, evaluate = steps_lib.make_single_device_steps(MODEL, TX)
   state = jax.device_put(inputs.state)
   states, metrics = [], []
   for batch in inputs.train_batches:
@@ -146,7 +146,7 @@ def _mesh(data: int, model: int):
 def _steps(case: str) -> layout_lib.ShardedSteps:
   """The compiled steps of one case (cached: each AlexNet program costs seconds to compile)."""
   name, data, model = CASES[case]
-  abstract = jax.eval_shape(lambda rng: train_lib.create_train_state(rng, MODEL, TX),
+  abstract = jax.eval_shape(lambda rng: steps_lib.create_train_state(rng, MODEL, TX),
                             jax.random.PRNGKey(0))
   return layout_lib.make_steps(MODEL, TX, _mesh(data, model), layout_lib.get_layout(name),
                                abstract)
@@ -371,7 +371,7 @@ def _collectives(text: str) -> list[dict]:
 
 
 def _lowered_train_step(steps) -> str:
-  abstract = jax.eval_shape(lambda rng: train_lib.create_train_state(rng, MODEL, TX),
+  abstract = jax.eval_shape(lambda rng: steps_lib.create_train_state(rng, MODEL, TX),
                             jax.random.PRNGKey(0))
   state = jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
@@ -393,7 +393,7 @@ def _axis_groups(mesh, axis: str) -> list[list[int]]:
 
 
 def _param_shard_shapes(steps):
-  abstract = jax.eval_shape(lambda rng: train_lib.create_train_state(rng, MODEL, TX),
+  abstract = jax.eval_shape(lambda rng: steps_lib.create_train_state(rng, MODEL, TX),
                             jax.random.PRNGKey(0))
   return jax.tree_util.tree_map(lambda x, s: tuple(s.shard_shape(x.shape)), abstract.params,
                                 steps.state_sharding.params)
@@ -513,7 +513,7 @@ def test_towers_refuse_a_model_axis_of_4():
   mesh = _mesh(1, 4)
   with pytest.raises(layout_lib.LayoutError, match=r'mesh.model must be 1 or 2, not 4'):
     layout_lib.check_model(MODEL, mesh, layout_lib.get_layout('towers'))
-  abstract = jax.eval_shape(lambda rng: train_lib.create_train_state(rng, MODEL, TX),
+  abstract = jax.eval_shape(lambda rng: steps_lib.create_train_state(rng, MODEL, TX),
                             jax.random.PRNGKey(0))
   with pytest.raises(layout_lib.LayoutError, match=r'one tower per device'):
     layout_lib.make_steps(MODEL, TX, mesh, layout_lib.get_layout('towers'), abstract)

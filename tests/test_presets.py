@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import model as model_lib
-from alexnet_jax import train as train_lib
+from alexnet_jax import steps as steps_lib
 
 # Per preset: every kernel's shape for 1000 classes (the published models' layers).
 PAPER_SHAPES = {
@@ -198,7 +198,7 @@ def test_auto_impls_match_xla_native_forward_and_gradient(name):
   labels = jnp.array([3])
 
   def value_and_grad(net):
-    loss = lambda p: jnp.mean(train_lib.cross_entropy(net.apply({'params': p}, images), labels))
+    loss = lambda p: jnp.mean(steps_lib.cross_entropy(net.apply({'params': p}, images), labels))
     return jax.jit(jax.value_and_grad(loss))(params)
 
   loss_auto, grads_auto = value_and_grad(model)

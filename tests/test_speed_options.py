@@ -13,7 +13,7 @@ import pytest
 from jax import lax
 
 from alexnet_jax import model as model_lib
-from alexnet_jax import train as train_lib
+from alexnet_jax import steps as steps_lib
 from experiments.bench.model_options import max_pool_strided_slices
 from experiments.lrn_formulations import WINDOW_SUMS
 
@@ -246,7 +246,7 @@ def test_whole_model_loss_and_gradients_agree(lrn_after_pool=False):
 
   def value_and_grad(options):
     model = base.clone(**options)
-    loss = lambda p: jnp.mean(train_lib.cross_entropy(model.apply({'params': p}, images),
+    loss = lambda p: jnp.mean(steps_lib.cross_entropy(model.apply({'params': p}, images),
                                                       labels))
     return jax.jit(jax.value_and_grad(loss))(params)
 

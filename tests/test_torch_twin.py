@@ -20,7 +20,7 @@ torch = pytest.importorskip(
 from alexnet_jax import model as model_lib  # noqa: E402
 from alexnet_jax.ops import lrn as lrn_ops  # noqa: E402
 from experiments.bench import torch_twin  # noqa: E402
-from alexnet_jax import train as train_lib  # noqa: E402
+from alexnet_jax import steps as steps_lib  # noqa: E402
 
 NUM_CLASSES = 10
 # Relative tolerance of the max abs difference against the max abs value (fp32 arithmetic in
@@ -111,7 +111,7 @@ def test_gradients_match():
 
   def loss(p):
     logits = model.apply({'params': p}, images, train=False)
-    return jnp.mean(train_lib.cross_entropy(logits, labels))
+    return jnp.mean(steps_lib.cross_entropy(logits, labels))
 
   jax_grads = jax.jit(jax.grad(loss))(params)
   twin = _twin(params, False)

@@ -17,7 +17,7 @@ import pytest
 from alexnet_jax import layout as layout_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
-from alexnet_jax import train as train_lib
+from alexnet_jax import steps as steps_lib
 
 CROP, CLASSES, BATCH = 67, 10, 4
 TX = optim.sgd_with_injected_lr(0.01)
@@ -32,7 +32,7 @@ def _batch(seed=0, crops=None):
 
 
 def _state(model):
-  return train_lib.create_train_state(jax.random.PRNGKey(0), model, TX, (1, CROP, CROP, 3))
+  return steps_lib.create_train_state(jax.random.PRNGKey(0), model, TX, (1, CROP, CROP, 3))
 
 
 def _relative(got, want):
@@ -45,7 +45,7 @@ def _relative(got, want):
 def _grads(model, params, batch):
   def loss(p):
     logits = model.apply({'params': p}, batch['image'], train=False)
-    return jnp.mean(train_lib.cross_entropy(logits, batch['label']))
+    return jnp.mean(steps_lib.cross_entropy(logits, batch['label']))
   return jax.jit(jax.grad(loss))(params)
 
 
@@ -147,7 +147,7 @@ def test_dropout_masks_under_data_parallelism_are_drawn_per_device():
         rows = slice(half * BATCH // 2, (half + 1) * BATCH // 2)
         logits = model.apply({'params': p}, batch['image'][rows], train=True,
                              rngs={'dropout': jax.random.fold_in(step_rng, device)})
-        total += jnp.mean(train_lib.cross_entropy(logits, batch['label'][rows])) / 2
+        total += jnp.mean(steps_lib.cross_entropy(logits, batch['label'][rows])) / 2
       return total
     grads = jax.jit(jax.grad(loss))(state.params)
     updates, _ = TX.update(grads, state.opt_state, state.params)

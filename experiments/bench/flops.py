@@ -66,14 +66,14 @@ def xla_step_flops(batch: int, num_classes: int = 1000) -> float:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import steps  # pylint: disable=g-import-not-at-top
   from experiments.bench.configs import LEARNING_RATE  # pylint: disable=g-import-not-at-top
   model = model_lib.AlexNet(num_classes=num_classes, **model_lib.XLA_NATIVE_IMPLS)
   tx = optim.sgd_with_injected_lr(LEARNING_RATE)
-  state = jax.eval_shape(lambda: train.create_train_state(jax.random.key(0), model, tx))
+  state = jax.eval_shape(lambda: steps.create_train_state(jax.random.key(0), model, tx))
   batch_shapes = {'image': jax.ShapeDtypeStruct((batch, 227, 227, 3), jnp.float32),
                   'label': jax.ShapeDtypeStruct((batch,), jnp.int32)}
-  step_fn, _ = train.make_single_device_steps(model, tx)
+  step_fn, _ = steps.make_single_device_steps(model, tx)
   cost = step_fn.lower(state, batch_shapes).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost['flops'])

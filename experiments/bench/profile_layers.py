@@ -49,9 +49,9 @@ def _sgd_block(model):
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import steps  # pylint: disable=g-import-not-at-top
   tx = optim.sgd_with_injected_lr(0.01)
-  state = train.create_train_state(jax.random.key(0), model, tx)
+  state = steps.create_train_state(jax.random.key(0), model, tx)
   grads = jax.tree_util.tree_map(lambda p: p * 1e-3, state.params)
 
   def update(params, opt_state, grads):
@@ -66,7 +66,7 @@ def _layer_block(block: str, model, batch: int, keys):
   """(f, args, argnums) of a conv or dense block: the model's own module, then its ReLU, ..."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import steps  # pylint: disable=g-import-not-at-top
   name = 'fc8' if block == 'fc8+loss' else block
   module, in_shape, _ = model_blocks.capture_layers(model, batch)[name]
   normal = lambda s, scale: jax.random.normal(next(keys), s, jnp.float32) * scale
@@ -82,7 +82,7 @@ def _layer_block(block: str, model, batch: int, keys):
   def f(kernel, bias, x):
     y = apply(kernel, bias, x)
     if block == 'fc8+loss':
-      return jnp.mean(train.cross_entropy(y, labels))
+      return jnp.mean(steps.cross_entropy(y, labels))
     y = jax.nn.relu(y)
     if block.startswith('fc'):
       keep = jax.random.bernoulli(mask_key, 0.5, y.shape)

@@ -32,11 +32,11 @@ class JaxTrainRunner:
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
     from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
-    from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+    from alexnet_jax import steps  # pylint: disable=g-import-not-at-top
     model = model_lib.AlexNet(num_classes=self.num_classes, **model_kwargs(self.model_kwargs))
     tx = optim.sgd_with_injected_lr(LEARNING_RATE)
-    self.state = train.create_train_state(jax.random.key(0), model, tx)
-    step_fn, _ = train.make_single_device_steps(model, tx, donate_state=self.donate)
+    self.state = steps.create_train_state(jax.random.key(0), model, tx)
+    step_fn, _ = steps.make_single_device_steps(model, tx, donate_state=self.donate)
     k1, k2 = jax.random.split(jax.random.key(1))
     # Pixel-scale inputs (mean-subtracted images are in about +-100).
     self.data = {
