@@ -222,6 +222,17 @@ def preset(name: str = 'paper', **overrides) -> AlexNet:
   return AlexNet(**{**PRESETS[name], **overrides})
 
 
+def changed_from_paper(fields: dict[str, Any]) -> dict[str, Any]:
+  """The entries of ``fields`` (AlexNet field -> value) that differ from the paper's network.
+
+  A run's config lists every model field with the paper's values; with ``model.preset`` set,
+  only the fields changed from those apply on top of the preset (``trainer.build_model`` and
+  ``weights.load`` of a run both read a config this way).
+  """
+  paper = {f.name: f.default for f in dataclasses.fields(AlexNet)}
+  return {k: v for k, v in fields.items() if k in paper and v != paper[k]}
+
+
 def preprocess_affine(name: str) -> tuple[np.ndarray, np.ndarray]:
   """``(scale, offset)``, float32 (3,) each: a preset's pixel preprocessing is per channel
   ``pixels * scale + offset`` (what :func:`preprocess` computes, and what the input pipeline

@@ -48,7 +48,8 @@ _FREE_SPACE_MARGIN_BYTES = 64 << 20
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> model_lib.AlexNet:
-  """The AlexNet a config describes: every field of ``config.model`` that AlexNet has."""
+  """The AlexNet a config describes: ``config.model.preset`` with the config's other model
+  fields applied on top where they differ from the paper's."""
   m = config.model
   dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
   dtype = resolve_compute_dtype(m.dtype)
@@ -58,10 +59,16 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> model_li
   if m.init_scheme not in model_lib.INITS:
     raise ValueError(f'config.model.init_scheme must be one of {sorted(model_lib.INITS)}, not '
                      f'{m.init_scheme!r}.')
-  fields = {f.name for f in dataclasses.fields(model_lib.AlexNet)}
-  options = {k: v for k, v in m.items() if k in fields and k not in ('num_classes', 'dtype')}
-  return model_lib.AlexNet(num_classes=num_classes,
-                           dtype=None if dtype == 'float32' else dtypes[dtype], **options)
+  name = m.get('preset', '') or 'paper'
+  if name not in model_lib.PRESETS:
+    raise ValueError(f'config.model.preset must be one of {", ".join(model_lib.PRESETS)} (or '
+                     f"'' for the paper's, or init_from's file's), not {name!r}.")
+  # The config's model fields hold the paper's values; those set to anything else apply on top
+  # of the preset (so --config.model.preset=bvlc alone gives bvlc's network).
+  overrides = {k: v for k, v in model_lib.changed_from_paper(m.to_dict()).items()
+               if k not in ('num_classes', 'dtype')}
+  return model_lib.preset(name, num_classes=num_classes,
+                          dtype=None if dtype == 'float32' else dtypes[dtype], **overrides)
 
 
 def resolve_compute_dtype(dtype: str) -> str:

@@ -336,7 +336,8 @@ def read_run(path: str) -> Source:
     raise WeightsError(f'{step_dir}: the checkpoint does not restore ({type(e).__name__}); '
                        'load another step.') from None
   return Source(step_dir, 'checkpoint', params, layout='ours',
-                preset=model_config.get('preset') or 'paper', overrides=_overrides(model_config))
+                preset=model_config.get('preset') or 'paper',
+                overrides=model_lib.changed_from_paper(_overrides(model_config)))
 
 
 def read(path: str) -> Source:

@@ -3,6 +3,7 @@ average pool against float64 numpy, whole presets against torch.nn modules with 
 layer sequences (written here from BVLC's prototxt and torchvision's alexnet.py, independent of
 the model's tables), the speed options against XLA's own paths, and the preprocessing.
 """
+import dataclasses
 import functools
 
 import jax
@@ -240,3 +241,54 @@ def test_preset_inputs_are_documented():
       'paper': (227, 256), 'bvlc': (227, 256), 'caffenet': (227, 256),
       'torchvision': (224, 256)}
   assert model_lib.PRESET_INPUTS['torchvision'].top1 == 56.522
+
+
+# --------------------------------------------------------------------------------------------
+# A preset is a config value of the main job (issue 13): any of them trains from scratch.
+# --------------------------------------------------------------------------------------------
+def _imagenet_model_config(**fields):
+  from alexnet_jax.configs import imagenet
+  config = imagenet.get_config()
+  config.model.update(fields)
+  return config
+
+
+@pytest.mark.parametrize('name', sorted(model_lib.PRESETS))
+def test_config_preset_builds_the_presets_network(name):
+  from alexnet_jax import trainer
+  built = trainer.build_model(_imagenet_model_config(preset=name), num_classes=7)
+  expected = model_lib.preset(name, num_classes=7)
+  for field in dataclasses.fields(model_lib.AlexNet):
+    if field.name not in ('parent', 'name'):
+      assert getattr(built, field.name) == getattr(expected, field.name), field.name
+
+
+def test_config_fields_changed_from_the_papers_apply_on_top_of_the_preset():
+  from alexnet_jax import trainer
+  built = trainer.build_model(_imagenet_model_config(preset='bvlc', lrn_beta=0.5,
+                                                     dropout_rate=0.25), num_classes=3)
+  assert built.lrn_beta == 0.5 and built.dropout_rate == 0.25
+  assert built.lrn_k == model_lib.PRESETS['bvlc']['lrn_k'] and built.lrn_groups == 1
+  # '' is the paper's network.
+  assert trainer.build_model(_imagenet_model_config(preset=''), num_classes=3).lrn_k == 2.0
+
+
+def test_an_unknown_config_preset_is_one_clear_error():
+  from alexnet_jax import trainer
+  with pytest.raises(ValueError, match='config.model.preset must be one of paper, bvlc'):
+    trainer.build_model(_imagenet_model_config(preset='vgg'), num_classes=3)
+
+
+def test_the_main_job_trains_the_torchvision_preset_from_scratch(in_process_runs, monkeypatch):
+  """A tiny run with --config.model.preset=torchvision: its checkpoint holds torchvision's
+  layer widths, and weights.load of the workdir rebuilds that network."""
+  import tiny_config
+  from alexnet_jax import weights
+  config = tiny_config.small_config(in_process_runs.folder, {'model.preset': 'torchvision',
+                                                             'num_epochs': 1})
+  workdir = in_process_runs.new_dir('torchvision_preset')
+  result = in_process_runs.run(config, workdir, monkeypatch)
+  assert result['stopped_by'] is None and result['step'] == tiny_config.STEPS_PER_EPOCH // 2
+  model, variables = weights.load(workdir)
+  assert model.conv_layers == model_lib.TORCHVISION_CONV_LAYERS and not model.use_lrn
+  assert variables['params']['conv1']['kernel'].shape == (11, 11, 3, 64)

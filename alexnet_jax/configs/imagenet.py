@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
 def _model() -> ml_collections.ConfigDict:
   """The network (section 3): the paper's defaults of alexnet_jax.model.AlexNet."""
   m = ml_collections.ConfigDict()
+  # '' is 'paper' (or init_from's file's preset); 'bvlc', 'caffenet', 'torchvision' train those
+  # networks (alexnet_jax.model.PRESETS); the fields below apply on top where they differ.
+  m.preset = ''
   m.num_classes = 0            # 0: take the class count from the dataset (1000 here)
   m.dropout_rate = 0.5         # "dropout ... with probability 0.5" on fc6, fc7
   m.use_lrn = True
