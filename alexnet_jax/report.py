@@ -77,19 +77,15 @@ def read_metrics(workdir: str | os.PathLike, max_step: int | None = None) -> lis
 # --------------------------------------------------------------------------------------------
 # TensorBoard event files (tensorboardX: no TensorFlow)
 # --------------------------------------------------------------------------------------------
-_writers_opened = 0
-
-
 def _event_writer(logdir: str, purge_step: int | None):
   """A tensorboardX writer; ``purge_step`` marks a restart, so that TensorBoard hides the older
   files' events at steps >= it."""
-  global _writers_opened  # pylint: disable=global-statement
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  _writers_opened += 1
-  # tensorboardX names files by the second and the host: two sessions of one second (a quick
-  # resume, or a test) would share a name.
+  # tensorboardX names files by the second and the host, and TensorBoard reads a directory's
+  # files in name order: two sessions of one second (a quick resume, or a test) need a suffix
+  # that sorts in time order too (zero-padded nanoseconds; the pid keeps names unique).
   return SummaryWriter(logdir, purge_step=purge_step, flush_secs=3600,
-                       filename_suffix=f'.{os.getpid()}.{_writers_opened}')
+                       filename_suffix=f'.{time.time_ns():020d}.{os.getpid()}')
 
 
 class MetricsWriter:

@@ -177,3 +177,16 @@ def test_conv1_tiles_place_towers_in_blocks(tmp_path):
 def test_conv1_plot_rejects_wrong_shape(tmp_path):
   with pytest.raises(ValueError, match=r"params\['conv1'\]\['kernel'\]"):
     report.plot_conv1_filters(np.zeros((11, 11, 96, 3)), tmp_path / 'x.png')
+
+
+def test_event_files_of_one_second_sort_in_the_order_they_were_opened(tmp_path):
+  """TensorBoard reads a directory's event files in name order; resumes within one second (here
+  twelve: the suffix once counted 9 < 10 as text) must still sort oldest first."""
+  opened = []
+  for i in range(12):
+    before = set(os.listdir(tmp_path))
+    writer = report._event_writer(str(tmp_path), purge_step=None)  # pylint: disable=protected-access
+    writer.add_scalar('x', float(i), i)
+    writer.close()
+    opened += sorted(set(os.listdir(tmp_path)) - before)
+  assert sorted(opened) == opened and len(set(opened)) == 12
