@@ -14,11 +14,13 @@ import contextlib
 import gc
 import inspect
 import json
+import logging
 import os
 import re
 import shutil
 import sys
 import time
+import traceback
 from typing import Any
 
 import jax
@@ -53,23 +55,36 @@ class NoIntactCheckpointError(ValueError):
   """Checkpoints exist but none restores; nothing was moved."""
 
 
+def _chain(error: BaseException) -> list[BaseException]:
+  """``error`` and the errors it was raised from (Orbax wraps tensorstore's error, which holds
+  the status words, in a generic ``Exception``)."""
+  chain = []
+  while error is not None and error not in chain and len(chain) < 16:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
+
+
 def damage_reason(error: BaseException) -> str:
   """Why a checkpoint did not restore, in words (tensorstore's text holds specs and paths).
 
   Orbax and tensorstore raise ValueError or RuntimeError for every kind of damage, so the
-  status words in their text (tensorstore's ``OUT_OF_RANGE``, ``NOT_FOUND``, ...) are the only
-  signal of which kind it was.
+  status words in their text (tensorstore's ``OUT_OF_RANGE``, ``NOT_FOUND``, ...), in the error
+  or in those it was raised from, are the only signal of which kind it was.
   """
-  text = str(error)
-  if isinstance(error, FileNotFoundError) or 'NOT_FOUND' in text or 'No such file' in text:
+  chain = _chain(error)
+  text = '\n'.join(str(e) for e in chain)
+  if (any(isinstance(e, FileNotFoundError) for e in chain) or 'NOT_FOUND' in text
+      or 'No such file' in text):
     return 'a file of it is missing'
-  if 'OUT_OF_RANGE' in text or 'byte range' in text.lower():
+  if 'OUT_OF_RANGE' in text or 'byte range' in text.lower() or 'Truncated' in text:
     return 'a file of it is cut short'
-  if isinstance(error, json.JSONDecodeError) or 'JSON' in text:
+  if any(isinstance(e, json.JSONDecodeError) for e in chain) or 'JSON' in text:
     return 'its metadata is not valid JSON'
-  if 'DATA_LOSS' in text or 'checksum' in text.lower():
+  if 'DATA_LOSS' in text or 'checksum' in text.lower() or 'decompress' in text.lower():
     return 'a file of it is corrupt'
   # The first line up to the first object repr or spec (``<bound method ...>``, ``[spec=...]``).
+  text = str(error)
   first = re.split(r'[<\[]', text.strip().splitlines()[0] if text.strip() else '')[0]
   first = ' '.join(first.split()).strip(' :;,')[:120]
   return f'{type(error).__name__}: {first}' if first else type(error).__name__
@@ -82,27 +97,61 @@ def _param_shapes(params) -> dict[str, tuple]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
-@contextlib.contextmanager
-def _quiet_failed_reads():
-  """Drops the "Exception ignored in coroutine" reports of a failed restore.
+def _left_by_abandoned_reads(unraisable) -> bool:
+  """Whether a report comes from the reads a failed restore abandoned (see below)."""
+  error, culprit = unraisable.exc_value, unraisable.object
+  if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+    return True
+  code = getattr(culprit, 'cr_code', None)
+  return inspect.iscoroutine(culprit) and os.sep + 'orbax' + os.sep in code.co_filename
 
-  When tensorstore fails a read, Orbax abandons its other reads' coroutines; Python reports
-  each one as it is collected (sys.unraisablehook), hundreds of tracebacks for one damaged
-  checkpoint that the caller reports in one line. Collected here, inside the guard.
-  """
+
+class _AbandonedTaskLogs(logging.Filter):
+  """asyncio's log lines about the abandoned tasks of a failed restore."""
+
+  def filter(self, record):
+    return not str(record.msg).startswith(('Task exception was never retrieved',
+                                           'Task was destroyed but it is pending'))
+
+
+def _drop_reports_of_abandoned_reads() -> None:
+  """Installs, once per process, the filters of :func:`_quiet_failed_reads`."""
+  if getattr(sys.unraisablehook, 'drops_abandoned_reads', False):
+    return
   previous = sys.unraisablehook
 
   def hook(unraisable):
-    if not inspect.iscoroutine(unraisable.object) and 'coroutine' not in repr(
-        unraisable.object):
+    if not _left_by_abandoned_reads(unraisable):
       previous(unraisable)
 
+  hook.drops_abandoned_reads = True
   sys.unraisablehook = hook
+  logging.getLogger('asyncio').addFilter(_AbandonedTaskLogs())
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+  """Keeps the reports that a failed restore's abandoned reads leave off the user's screen.
+
+  When one tensorstore read fails, Orbax closes its event loop with the other reads still in
+  flight. Those reads then finish on tensorstore's threads and find the loop closed
+  ("RuntimeError: Event loop is closed", through sys.unraisablehook), their coroutines are
+  reported as they are collected ("Exception ignored in: <coroutine ...>") and their tasks
+  are logged by asyncio: a traceback each, hundreds of lines for one damaged checkpoint that
+  the caller reports in one line. They come whenever the abandoned objects go, which may be
+  long after the restore (at exit, when the error that holds them is dropped), so the filters
+  that drop them, and only them, stay for the rest of the process. After a failure the
+  error's frames, which hold the abandoned reads, are cleared and collected here (the error
+  keeps its messages and its traceback's lines).
+  """
+  _drop_reports_of_abandoned_reads()
   try:
     yield
-  finally:
+  except BaseException as error:
+    for link in _chain(error):
+      traceback.clear_frames(link.__traceback__)
     gc.collect()
-    sys.unraisablehook = previous
+    raise
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str, num_classes: int,
