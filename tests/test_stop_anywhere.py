@@ -7,7 +7,8 @@ same config. Each pair must end with the uninterrupted run's final parameters, o
 and rng bit for bit, and its metrics records (every eval record exactly once). Also: what a
 resume restores by value (the divided learning rate, the loss window, the plateau policy with
 evaluations every 2 epochs), checkpoints of earlier versions saved on an epoch's last step,
-and a resume refused for each architecture field changed.
+a resume refused for each architecture field changed, and a workdir whose every checkpoint is
+damaged (a stop, or a start over when asked for).
 """
 import os
 import signal
@@ -219,3 +220,31 @@ def test_each_architecture_field_changed_on_resume_is_refused(
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
   assert report.read_metrics(workdir) == records
   assert not os.path.exists(os.path.join(workdir, checkpoint_lib.CONFIG_FILE))
+
+
+def test_when_every_checkpoint_is_damaged_the_run_stops_and_start_over_begins_again(
+    in_process_runs, config, reference, monkeypatch):
+  """Defect 6: with every checkpoint damaged the job used to warn 'falling back to an older
+  one', move them all aside and train from step 0, replacing metrics.jsonl (exit 0). Now it
+  stops with NoIntactCheckpointError (exit 2 in main), nothing moved or rewritten; with
+  start_over it sets them aside and trains from step 0 to the uninterrupted run's end."""
+  workdir = tiny.copy_workdir(reference, os.path.join(in_process_runs.new_dir('damaged'), 'run'))
+  steps = tiny.checkpoint_steps(workdir)
+  assert steps
+  for step in steps:  # removing (not cutting) the data files leaves the reference's links whole
+    data = os.path.join(workdir, 'checkpoints', str(step), 'state', 'ocdbt.process_0', 'd')
+    for name in os.listdir(data):
+      os.remove(os.path.join(data, name))
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'rb') as f:
+    metrics_before = f.read()
+  with pytest.raises(checkpoint_lib.NoIntactCheckpointError, match='No intact checkpoint remains'):
+    in_process_runs.run(config, workdir, monkeypatch)
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'rb') as f:
+    assert f.read() == metrics_before
+  assert tiny.checkpoint_steps(workdir) == steps
+  assert not os.path.exists(os.path.join(workdir, checkpoint_lib.DAMAGED_DIR))
+
+  result = in_process_runs.run(config, workdir, monkeypatch, start_over=True)
+  assert result['step'] == 2 * STEPS_PER_EPOCH
+  assert len(os.listdir(os.path.join(workdir, checkpoint_lib.DAMAGED_DIR))) == len(steps)
+  _assert_same_end(workdir, reference)
