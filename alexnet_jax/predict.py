@@ -68,6 +68,8 @@ def preset_inputs(name: str) -> InputSpec:
 
 def run_inputs(workdir: str, config: dict) -> InputSpec:
   """The preprocessing of a training run's evaluation, from its ``config.json``."""
+  # .get with the configs' defaults: a config.json written by an earlier version lacks the
+  # fields added since (preprocess, warp, ...).
   data = config.get('data', {})
   if data.get('preprocess'):  # a run that took a preset's preprocessing (fine-tuning)
     spec = preset_inputs(data['preprocess'])

@@ -55,7 +55,7 @@ def resolve_config(config: ml_collections.ConfigDict, model) -> ml_collections.C
   data fields that are still the paper's defaults (``data.preprocess`` '') take the preset's.
   """
   name = preset_name(model)
-  wanted = config.model.get('preset', '')
+  wanted = config.model.preset
   if wanted and wanted != name:
     raise ValueError(f'config.model.preset is {wanted!r} but {config.init_from} holds a '
                      f'{name!r} network; set --config.model.preset={name} (or \'\').')
@@ -67,7 +67,7 @@ def resolve_config(config: ml_collections.ConfigDict, model) -> ml_collections.C
     # the init scheme (it only starts that new fc8).
     config.model.update({f: getattr(model, f) for f in weights.ARCHITECTURE_FIELDS
                          if f not in ('num_classes', 'init_scheme')})
-    if not config.data.get('preprocess'):
+    if not config.data.preprocess:
       config.data.update(preset_data_fields(name))
   return config
 

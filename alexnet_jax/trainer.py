@@ -59,7 +59,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> model_li
   if m.init_scheme not in model_lib.INITS:
     raise ValueError(f'config.model.init_scheme must be one of {sorted(model_lib.INITS)}, not '
                      f'{m.init_scheme!r}.')
-  name = m.get('preset', '') or 'paper'
+  name = m.preset or 'paper'
   if name not in model_lib.PRESETS:
     raise ValueError(f'config.model.preset must be one of {", ".join(model_lib.PRESETS)} (or '
                      f"'' for the paper's, or init_from's file's), not {name!r}.")
@@ -254,10 +254,10 @@ def _initial_state(s: Setup, imported: Callable[[], dict] | None = None) -> step
 
 
 def imported_weights(config: ml_collections.ConfigDict):
-  """``(config, params)``: for ``config.init_from``, the config with the file's preset and
-  preprocessing, and a function that converts the file's params (called only by a run that
-  starts from scratch); else ``(config, None)``."""
-  if not config.get('init_from'):
+  """``(config, convert)``: for ``config.init_from``, the config with the file's preset and
+  preprocessing, and a function that returns the file's params converted to the network's
+  (called only by a run that starts from scratch); else ``(config, None)``."""
+  if not config.init_from:
     return config, None
   model, params = pretrained.load(config.init_from)
   return pretrained.resolve_config(config, model), params
@@ -304,7 +304,7 @@ def evaluate_params(s: Setup, params, ten_crop: bool, max_batches: int = -1) -> 
   if max_batches >= 0:
     batches = itertools.islice(batches, max_batches)
   for batch in device_feed.prefetch_to_device(batches, functools.partial(
-      layout_lib.place_batch, steps=s.steps), s.config.data.get('device_prefetch', 2)):
+      layout_lib.place_batch, steps=s.steps), s.config.data.device_prefetch):
     sums = s.steps.eval_step(params, batch)
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   if totals is None:
@@ -349,6 +349,7 @@ class LoopState:
   @classmethod
   def from_checkpoint(cls, step: int, state: steps_lib.TrainState, meta: dict) -> LoopState:
     """The loop state a checkpoint (``step``, its state and :meth:`to_meta`'s meta) holds."""
+    # .get: the meta of checkpoints saved by earlier versions lacks the loss sums.
     return cls(state=state, step=int(step), epoch=int(meta['epoch']),
                step_in_epoch=int(meta['step_in_epoch']),
                policy_state=optim.policy_state_to_numpy(
@@ -538,7 +539,7 @@ class _TrainingLoop:
                                           seed=config.seed, epoch=loop.epoch,
                                           start_step=loop.step_in_epoch)
     batches = device_feed.prefetch_to_device(batches, functools.partial(
-        layout_lib.place_batch, steps=self.s.steps), config.data.get('device_prefetch', 2))
+        layout_lib.place_batch, steps=self.s.steps), config.data.device_prefetch)
     self._tick = (time.perf_counter(), loop.step)
     pending = []  # device metrics not yet read: reading each step would stall the pipeline
     stopped_by = None
