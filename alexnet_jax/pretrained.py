@@ -34,12 +34,18 @@ def preset_data_fields(name: str) -> dict[str, Any]:
           'crop_size': inputs.input_size}
 
 
-def load(path: str):
-  """``(model, params)`` of ``config.init_from``, with errors that name the config field:
-  the file's network, and a function that converts its parameters when called (a run that
-  resumes from its own checkpoints never needs them)."""
+def load(path: str, record: dict | None = None):
+  """``(model, convert)`` of ``config.init_from``, with errors that name the config field:
+  the file's network, and a function that returns its parameters converted when called (a run
+  that resumes from its own checkpoints never calls it).
+
+  With ``record`` (the network a run's checkpoints record: a resume) the network is the
+  record's and the file is not opened, unless ``convert`` is called.
+  """
   from alexnet_jax import weights  # pylint: disable=g-import-not-at-top
   path = os.path.expanduser(path)
+  if record is not None:
+    return weights.model_of_record(record), lambda: load(path)[1]()
   if not os.path.exists(path):
     raise FileNotFoundError(f'config.init_from: {path} does not exist; pass a weights file '
                             '(.caffemodel, .onnx, .pth, .safetensors or this project\'s own).')

@@ -252,14 +252,20 @@ def _initial_state(s: Setup, imported: Callable[[], dict] | None = None) -> step
   return state.replace(params=jax.device_put(params, s.steps.state_sharding.params))
 
 
-def imported_weights(config: ml_collections.ConfigDict):
+def imported_weights(config: ml_collections.ConfigDict, workdir: str | None = None,
+                     start_over: bool = False):
   """``(config, convert)``: for ``config.init_from``, the config with the file's preset and
   preprocessing, and a function that returns the file's params converted to the network's
-  (called only by a run that starts from scratch); else ``(config, None)``."""
+  (called only by a run that starts from scratch); else ``(config, None)``.
+
+  When ``workdir``'s checkpoints record their network (a resume, unless ``start_over``), the
+  file's network is taken from that record and the file is not opened at all.
+  """
   if not config.init_from:
     return config, None
-  model, params = pretrained.load(config.init_from)
-  return pretrained.resolve_config(config, model), params
+  record = None if start_over or workdir is None else checkpoint_lib.recorded_network(workdir)
+  model, convert = pretrained.load(config.init_from, record)
+  return pretrained.resolve_config(config, model), convert
 
 
 def _abstract_sharded(s: Setup):
@@ -368,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   is_main = jax.process_index() == 0
   # Installed first: a preemption while the job starts up still ends it cleanly.
   with stopping.StopRequest() as stop:
-    config, imported = imported_weights(config)
+    config, imported = imported_weights(config, workdir, start_over)
     s = setup(config)
     check_free_space(workdir, state_bytes(s.abstract_state), config.checkpoint.keep)
     ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.checkpoint.keep,
@@ -703,7 +709,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
              which: str = 'best') -> dict[str, Any]:
   """Top-1/top-5 error of the workdir's best (or latest) checkpoint: centre crop and 10-crop."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  config, imported = imported_weights(config)
+  config, imported = imported_weights(config, workdir)
   if not checkpoint_lib.has_checkpoints(workdir):
     if imported is not None:  # the imported weights as they are (the published accuracy)
       return _evaluate_imported(config, imported)
