@@ -185,6 +185,35 @@ def has_checkpoints(workdir: str) -> bool:
   return bool(saved_steps(workdir))
 
 
+def step_directory(workdir: str, step: int) -> str:
+  return os.path.join(workdir, CHECKPOINT_DIR, str(step))
+
+
+def read_meta(step_dir: str) -> dict:
+  """The JSON meta of one checkpoint directory (``<workdir>/checkpoints/<step>``), read alone
+  (without a manager, which would clean up a save another process is still writing)."""
+  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+    meta = checkpointer.restore(os.path.join(step_dir, 'meta'))
+  if not isinstance(meta, dict):
+    raise ValueError(f'the meta of {step_dir} is a {type(meta).__name__}, not a JSON object')
+  return meta
+
+
+def recorded_network(workdir: str) -> dict | None:
+  """The network the workdir's checkpoints hold, as they record it (``meta['architecture']``
+  of the newest checkpoint whose meta reads; every checkpoint of a workdir holds the same
+  network, since a restore refuses another). None without such a record: no checkpoint, or
+  only checkpoints of versions that did not record it."""
+  for step in reversed(saved_steps(workdir)):
+    try:
+      meta = read_meta(step_directory(workdir, step))
+    except Exception:  # pylint: disable=broad-except  (damaged: the restore reports it)
+      continue
+    if isinstance(meta.get('architecture'), dict):
+      return meta['architecture']
+  return None
+
+
 class Checkpoints:
   """The run's ``orbax.checkpoint.CheckpointManager``: keep the last ``keep`` and the best."""
 

@@ -55,6 +55,7 @@ def for_data_config(data: dict) -> tuple[str, ...] | None:
   subfolders' names (the folder must still be there); a TFDS dataset's come from its prepared
   metadata. None when they cannot be found.
   """
+  # .get: a config.json written by an earlier version may lack fields the configs have now.
   source = data.get('source')
   if source == 'imagenet2012':
     return imagenet_names()

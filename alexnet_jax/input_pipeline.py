@@ -113,11 +113,11 @@ def eval_steps(num_examples: int, global_batch_size: int, process_count: int = 1
 # Sources
 # --------------------------------------------------------------------------------------------
 def _data_dir(data_config) -> str | None:
-  return os.path.expanduser(data_config.data_dir) if data_config.get('data_dir') else None
+  return os.path.expanduser(data_config.data_dir) if data_config.data_dir else None
 
 
 def _embedded_name(data_config) -> str:
-  name = data_config.get('name') or shapes.NAME
+  name = data_config.name or shapes.NAME
   if name.split('/')[0] != shapes.NAME:
     raise DataConfigError(f"The embedded source is {shapes.NAME!r}, not {name!r}; leave data.name "
                           f"empty, or use source='tfds' for other datasets.")
@@ -125,7 +125,7 @@ def _embedded_name(data_config) -> str:
 
 
 def _manual_dir(data_config) -> str:
-  if data_config.get('manual_dir'):
+  if data_config.manual_dir:
     return os.path.expanduser(data_config.manual_dir)
   data_dir = _data_dir(data_config) or tfds.core.constants.DATA_DIR
   return os.path.join(os.path.expanduser(data_dir), 'downloads', 'manual')
@@ -160,7 +160,7 @@ def _tfds_builder(data_config, prepare_embedded: bool = True) -> tfds.core.Datas
           f'{_prepare_command(data_config)}')
     return builder
   # source == 'tfds'
-  if not data_config.get('name'):
+  if not data_config.name:
     raise DataConfigError("source='tfds' needs a dataset name; set data.name (e.g. 'imagenette').")
   try:
     builder = tfds.builder(data_config.name, data_dir=data_dir)
@@ -184,7 +184,7 @@ def _check_source(data_config):
   if data_config.source not in SOURCES:
     raise DataConfigError(f'Unknown data source {data_config.source!r}; set data.source to one '
                           f'of {", ".join(SOURCES)}.')
-  if data_config.source == 'folder' and not data_config.get('folder'):
+  if data_config.source == 'folder' and not data_config.folder:
     raise DataConfigError("source='folder' needs a path; set data.folder to a directory of class "
                           'subfolders of images.')
 
@@ -211,7 +211,7 @@ def _split_size(builder, split: str) -> int:
 def get_dataset_info(data_config) -> DatasetInfo:
   """Classes and split sizes; prepares the embedded dataset on first use."""
   _check_source(data_config)
-  if data_config.get('prepared_dir'):
+  if data_config.prepared_dir:
     info = prepared_lib.read_info(data_config.prepared_dir)
     return DatasetInfo(info['num_classes'], _split_count(data_config, data_config.train_split),
                        _split_count(data_config, data_config.eval_split),
@@ -255,7 +255,7 @@ def prepare(data_config) -> None:
 # --------------------------------------------------------------------------------------------
 def image_stats(data_config) -> tuple[tuple, tuple, tuple]:
   """``(mean_rgb, pca_eigval, pca_eigvec)``: from ``stats_file`` if set, else the config's."""
-  if data_config.get('stats_file'):
+  if data_config.stats_file:
     path = os.path.expanduser(data_config.stats_file)
     if not os.path.exists(path):
       raise DatasetNotFoundError(f'Stats file {path} does not exist; compute it with python -m '
@@ -275,7 +275,7 @@ def _preset_affine(data_config) -> tuple[np.ndarray, np.ndarray] | None:
   The one definition of a preset's normalisation (Caffe's mean pixel, torchvision's mean and
   std) serves prediction, evaluation and fine-tuning alike.
   """
-  name = data_config.get('preprocess')
+  name = data_config.preprocess
   if not name:
     return None
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
@@ -288,7 +288,7 @@ def _preset_affine(data_config) -> tuple[np.ndarray, np.ndarray] | None:
 def _options(data_config) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
-  if data_config.get('threadpool_size', 0) > 0:
+  if data_config.threadpool_size > 0:
     options.threading.private_threadpool_size = data_config.threadpool_size
   # One thread per map call: the parallelism comes from parallel calls, not from inside ops.
   options.threading.max_intra_op_parallelism = 1
@@ -296,7 +296,7 @@ def _options(data_config) -> tf.data.Options:
 
 
 def _parallel(data_config) -> int:
-  n = data_config.get('num_parallel_calls', -1)
+  n = data_config.num_parallel_calls
   return tf.data.AUTOTUNE if n is None or n < 0 else max(1, n)
 
 
@@ -373,13 +373,13 @@ def _fits_in_memory(builder, split: str) -> bool:
 
 def _table(data_config, split) -> _Table | None:
   """The whole of ``split`` as a table (every process holds all of it), or None to stream it."""
-  if data_config.get('prepared_dir'):
+  if data_config.prepared_dir:
     part = prepared_lib.open_split(os.path.expanduser(data_config.prepared_dir), split)
     return _Table(None, part.labels, False, part.records)
   if data_config.source == 'folder':
     part = _folder_split(data_config, split)
     return _Table(part.paths, part.labels, True)
-  if not data_config.get('cache', True):
+  if not data_config.cache:
     return None
   builder = _tfds_builder(data_config)
   if not _fits_in_memory(builder, split):
@@ -455,7 +455,7 @@ def encoded_examples(data_config, split: str, *, shuffle_seed: int | None = None
 
 
 def _split_count(data_config, split: str) -> int:
-  if data_config.get('prepared_dir'):
+  if data_config.prepared_dir:
     return len(prepared_lib.open_split(os.path.expanduser(data_config.prepared_dir),
                                        split).labels)
   if data_config.source == 'folder':
@@ -540,7 +540,7 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, epoch: int,
   mean_rgb, eigval, eigvec = image_stats(data_config)
   affine = _preset_affine(data_config)
   resize, crop = int(data_config.resize_size), int(data_config.crop_size)
-  warp = bool(data_config.get('warp', False))
+  warp = bool(data_config.warp)
 
   @_plain
   def preprocess(index, key, label):
@@ -553,7 +553,7 @@ def train_batches(data_config, *, global_batch_size: int, seed: int, epoch: int,
 
   ds = ds.map(preprocess, num_parallel_calls=_parallel(data_config), deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
-  ds = ds.prefetch(data_config.get('prefetch', 2)).with_options(_options(data_config))
+  ds = ds.prefetch(data_config.prefetch).with_options(_options(data_config))
   return ds.as_numpy_iterator()
 
 
@@ -592,7 +592,7 @@ def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
   mean_rgb, _, _ = image_stats(data_config)
   resize, crop = int(data_config.resize_size), int(data_config.crop_size)
   affine = _preset_affine(data_config)
-  warp = bool(data_config.get('warp', False))
+  warp = bool(data_config.warp)
 
   @_plain
   def preprocess(key, label):
@@ -606,7 +606,7 @@ def eval_batches(data_config, *, global_batch_size: int, ten_crop: bool = False,
   padding = tf.data.Dataset.from_tensors({**pad, 'mask': tf.constant(False)}).repeat(
       steps * local_batch - local_count)
   ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
-  ds = ds.prefetch(data_config.get('prefetch', 2)).with_options(_options(data_config))
+  ds = ds.prefetch(data_config.prefetch).with_options(_options(data_config))
   return ds.as_numpy_iterator()
 
 

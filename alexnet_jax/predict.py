@@ -68,25 +68,26 @@ def preset_inputs(name: str) -> InputSpec:
 
 def run_inputs(workdir: str, config: dict) -> InputSpec:
   """The preprocessing of a training run's evaluation, from its ``config.json``."""
-  data = config.get('data', {})
+  data = config['data']
+  # .get: a config.json written before data.preprocess and data.warp existed lacks them (the
+  # other fields are in every config.json a run with checkpoints wrote).
   if data.get('preprocess'):  # a run that took a preset's preprocessing (fine-tuning)
     spec = preset_inputs(data['preprocess'])
-    return dataclasses.replace(spec, warp=bool(data.get('warp', spec.warp)),
-                               crop_size=int(data.get('crop_size', spec.crop_size)))
-  mean = np.asarray(data.get('mean_rgb', (0.485, 0.456, 0.406)), np.float32)
-  if data.get('stats_file'):
+    return dataclasses.replace(spec, warp=bool(data['warp']), crop_size=int(data['crop_size']))
+  mean = np.asarray(data['mean_rgb'], np.float32)
+  if data['stats_file']:
     try:
       with open(os.path.expanduser(data['stats_file']), encoding='utf-8') as f:
         mean = np.asarray(json.load(f)['mean_rgb'], np.float32)
     except (OSError, ValueError, KeyError) as e:
       raise UsageError(f'the run in {workdir} used the statistics file {data["stats_file"]}, '
                        f'which cannot be read ({e}); put it back.') from e
-  scale = float(data.get('input_scale', 255.0))
+  scale = float(data['input_scale'])
 
   def normalize(pixels):  # the input pipeline's: (pixels / 255 - mean_rgb) * input_scale
     return ((np.asarray(pixels, np.float32) / 255.0 - mean) * scale).astype(np.float32)
 
-  resize, crop = int(data.get('resize_size', 256)), int(data.get('crop_size', 227))
+  resize, crop = int(data['resize_size']), int(data['crop_size'])
   return InputSpec(resize, crop, bool(data.get('warp', False)), normalize,
                    f'the run\'s own (shorter side to {resize}, centre {crop})')
 

@@ -34,12 +34,18 @@ def preset_data_fields(name: str) -> dict[str, Any]:
           'crop_size': inputs.input_size}
 
 
-def load(path: str):
-  """``(model, params)`` of ``config.init_from``, with errors that name the config field:
-  the file's network, and a function that converts its parameters when called (a run that
-  resumes from its own checkpoints never needs them)."""
+def load(path: str, record: dict | None = None):
+  """``(model, convert)`` of ``config.init_from``, with errors that name the config field:
+  the file's network, and a function that returns its parameters converted when called (a run
+  that resumes from its own checkpoints never calls it).
+
+  With ``record`` (the network a run's checkpoints record: a resume) the network is the
+  record's and the file is not opened, unless ``convert`` is called.
+  """
   from alexnet_jax import weights  # pylint: disable=g-import-not-at-top
   path = os.path.expanduser(path)
+  if record is not None:
+    return weights.model_of_record(record), lambda: load(path)[1]()
   if not os.path.exists(path):
     raise FileNotFoundError(f'config.init_from: {path} does not exist; pass a weights file '
                             '(.caffemodel, .onnx, .pth, .safetensors or this project\'s own).')
@@ -55,7 +61,7 @@ def resolve_config(config: ml_collections.ConfigDict, model) -> ml_collections.C
   data fields that are still the paper's defaults (``data.preprocess`` '') take the preset's.
   """
   name = preset_name(model)
-  wanted = config.model.get('preset', '')
+  wanted = config.model.preset
   if wanted and wanted != name:
     raise ValueError(f'config.model.preset is {wanted!r} but {config.init_from} holds a '
                      f'{name!r} network; set --config.model.preset={name} (or \'\').')
@@ -67,7 +73,7 @@ def resolve_config(config: ml_collections.ConfigDict, model) -> ml_collections.C
     # the init scheme (it only starts that new fc8).
     config.model.update({f: getattr(model, f) for f in weights.ARCHITECTURE_FIELDS
                          if f not in ('num_classes', 'init_scheme')})
-    if not config.data.get('preprocess'):
+    if not config.data.preprocess:
       config.data.update(preset_data_fields(name))
   return config
 

@@ -14,16 +14,13 @@ import itertools
 import json
 import math
 import os
-import platform
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -36,7 +33,9 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import pretrained
 from alexnet_jax import report
+from alexnet_jax import run_info
 from alexnet_jax import steps as steps_lib
+from alexnet_jax import stopping
 
 
 class TrainingError(RuntimeError):
@@ -59,7 +58,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> model_li
   if m.init_scheme not in model_lib.INITS:
     raise ValueError(f'config.model.init_scheme must be one of {sorted(model_lib.INITS)}, not '
                      f'{m.init_scheme!r}.')
-  name = m.get('preset', '') or 'paper'
+  name = m.preset or 'paper'
   if name not in model_lib.PRESETS:
     raise ValueError(f'config.model.preset must be one of {", ".join(model_lib.PRESETS)} (or '
                      f"'' for the paper's, or init_from's file's), not {name!r}.")
@@ -253,46 +252,26 @@ def _initial_state(s: Setup, imported: Callable[[], dict] | None = None) -> step
   return state.replace(params=jax.device_put(params, s.steps.state_sharding.params))
 
 
-def imported_weights(config: ml_collections.ConfigDict):
-  """``(config, params)``: for ``config.init_from``, the config with the file's preset and
-  preprocessing, and a function that converts the file's params (called only by a run that
-  starts from scratch); else ``(config, None)``."""
-  if not config.get('init_from'):
+def imported_weights(config: ml_collections.ConfigDict, workdir: str | None = None,
+                     start_over: bool = False):
+  """``(config, convert)``: for ``config.init_from``, the config with the file's preset and
+  preprocessing, and a function that returns the file's params converted to the network's
+  (called only by a run that starts from scratch); else ``(config, None)``.
+
+  When ``workdir``'s checkpoints record their network (a resume, unless ``start_over``), the
+  file's network is taken from that record and the file is not opened at all.
+  """
+  if not config.init_from:
     return config, None
-  model, params = pretrained.load(config.init_from)
-  return pretrained.resolve_config(config, model), params
+  record = None if start_over or workdir is None else checkpoint_lib.recorded_network(workdir)
+  model, convert = pretrained.load(config.init_from, record)
+  return pretrained.resolve_config(config, model), convert
 
 
 def _abstract_sharded(s: Setup):
   return jax.tree_util.tree_map(
       lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
       s.abstract_state, s.steps.state_sharding)
-
-
-class _StopRequest:
-  """Turns SIGTERM/SIGINT (how clusters preempt) into a request the loop honours between steps."""
-
-  def __init__(self):
-    self.signal_name = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: leave signals alone
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signal_name is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # a second Ctrl-C stops at once
-    self.signal_name = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
 
 
 def evaluate_params(s: Setup, params, ten_crop: bool, max_batches: int = -1) -> dict[str, float]:
@@ -304,7 +283,7 @@ def evaluate_params(s: Setup, params, ten_crop: bool, max_batches: int = -1) -> 
   if max_batches >= 0:
     batches = itertools.islice(batches, max_batches)
   for batch in device_feed.prefetch_to_device(batches, functools.partial(
-      layout_lib.place_batch, steps=s.steps), s.config.data.get('device_prefetch', 2)):
+      layout_lib.place_batch, steps=s.steps), s.config.data.device_prefetch):
     sums = s.steps.eval_step(params, batch)
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   if totals is None:
@@ -349,6 +328,7 @@ class LoopState:
   @classmethod
   def from_checkpoint(cls, step: int, state: steps_lib.TrainState, meta: dict) -> LoopState:
     """The loop state a checkpoint (``step``, its state and :meth:`to_meta`'s meta) holds."""
+    # .get: the meta of checkpoints saved by earlier versions lacks the loss sums.
     return cls(state=state, step=int(step), epoch=int(meta['epoch']),
                step_in_epoch=int(meta['step_in_epoch']),
                policy_state=optim.policy_state_to_numpy(
@@ -393,8 +373,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir = prepare_workdir(workdir)
   is_main = jax.process_index() == 0
   # Installed first: a preemption while the job starts up still ends it cleanly.
-  with _StopRequest() as stop:
-    config, imported = imported_weights(config)
+  with stopping.StopRequest() as stop:
+    config, imported = imported_weights(config, workdir, start_over)
     s = setup(config)
     check_free_space(workdir, state_bytes(s.abstract_state), config.checkpoint.keep)
     ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.checkpoint.keep,
@@ -417,7 +397,7 @@ class _TrainingLoop:
   """The loop of :func:`train_and_evaluate`: resume or init, epochs, their ends, the finish."""
 
   def __init__(self, s: Setup, workdir: str, ckpts: checkpoint_lib.Checkpoints,
-               stop: _StopRequest, imported: Callable[[], dict] | None = None):
+               stop: stopping.StopRequest, imported: Callable[[], dict] | None = None):
     from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
     self.s, self.config, self.workdir, self.ckpts, self.stop = s, s.config, workdir, ckpts, stop
     self.imported = imported  # config.init_from's params: the start when no checkpoint exists
@@ -474,9 +454,9 @@ class _TrainingLoop:
     self.loop = self.resume_or_init()
     loop = self.loop
     if self.is_main:  # after the checkpoints accepted this network: a refused run writes nothing
-      info = run_info(self.s.model)
+      info = run_info.describe(self.s.model)
       if loop.saved_step is not None:
-        _note_another_machine(self.workdir, info)
+        run_info.note_another_machine(self.workdir, info)
       checkpoint_lib.save_config(self.config, self.workdir, self.s.model.num_classes, info)
     loop.state = loop.state.replace(opt_state=optim.set_learning_rate(
         loop.state.opt_state, self.policy.learning_rate(loop.policy_state)))
@@ -497,7 +477,7 @@ class _TrainingLoop:
     stopped_by = None
     while loop.step < self.total_steps:
       # Arrived between epochs, during evaluation or while starting up.
-      stopped_by = self.agreed_stop(True) or self.run_epoch()
+      stopped_by = self.stop.agreed(True) or self.run_epoch()
       if stopped_by is not None and not self._at_end_of_epoch():
         break
       # A stop on an epoch's last step still ends the epoch (evaluates, saves), as one during
@@ -538,7 +518,7 @@ class _TrainingLoop:
                                           seed=config.seed, epoch=loop.epoch,
                                           start_step=loop.step_in_epoch)
     batches = device_feed.prefetch_to_device(batches, functools.partial(
-        layout_lib.place_batch, steps=self.s.steps), config.data.get('device_prefetch', 2))
+        layout_lib.place_batch, steps=self.s.steps), config.data.device_prefetch)
     self._tick = (time.perf_counter(), loop.step)
     pending = []  # device metrics not yet read: reading each step would stall the pipeline
     stopped_by = None
@@ -550,7 +530,7 @@ class _TrainingLoop:
       at_log = loop.step % config.log_every_steps == 0
       at_save = loop.step % config.checkpoint.every_steps == 0
       end = loop.step_in_epoch >= self.steps_per_epoch or loop.step >= self.total_steps
-      stopped_by = self.agreed_stop(at_log or at_save or end)
+      stopped_by = self.stop.agreed(at_log or at_save or end)
       if at_log or at_save or end or stopped_by or len(pending) >= 50:
         self._read_losses(pending, progress)
         pending = []
@@ -585,21 +565,6 @@ class _TrainingLoop:
       self.writer.write_train(loop.step, loop.epoch_position(self.steps_per_epoch), lr,
                               loop.loss_window[0] / loop.loss_window[1])
       loop.loss_window = [0.0, 0]
-
-  def agreed_stop(self, at_sync_point: bool) -> str | None:
-    """The signal to stop on, agreed by every process (a preemption may reach only one).
-
-    With several processes, they compare their requests only at steps that are sync points for
-    all of them; a process that stopped alone would leave the others waiting in a collective.
-    """
-    if jax.process_count() == 1:
-      return self.stop.signal_name
-    if not at_sync_point:
-      return None
-    asked = multihost_utils.process_allgather(np.int32(self.stop.signal_name is not None))
-    if not np.any(asked):
-      return None
-    return self.stop.signal_name or 'a signal to another process'
 
   # --- the end of an epoch ------------------------------------------------------------------
   def end_epoch(self, replace: bool = False) -> None:
@@ -731,62 +696,6 @@ def _rescale_learning_rate(policy, policy_state, meta, config, verbose: bool):
   return policy_state
 
 
-def cpu_model() -> str:
-  """The CPU's model name (``/proc/cpuinfo`` on Linux, else what the platform module knows)."""
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      for line in f:
-        if line.lower().startswith(('model name', 'hardware')):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine() or 'unknown'
-
-
-def run_info(model: model_lib.AlexNet) -> dict[str, Any]:
-  """What makes a run's numbers what they are, beyond its config (written to config.json).
-
-  A run is bit-reproducible on the same machine with the same library versions, not across
-  CPUs: this records the CPU, the library versions, the backend and the implementations the
-  'auto' model options resolved to, so that two users can see why their numbers differ. A
-  resume on another machine is allowed (and noted in the new config.json).
-  """
-  import flax  # pylint: disable=g-import-not-at-top
-  import jaxlib  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint  # pylint: disable=g-import-not-at-top
-  return {
-      'cpu': cpu_model(),
-      'backend': jax.default_backend(),
-      'devices': sorted({d.device_kind for d in jax.devices()}),
-      'device_count': jax.device_count(),
-      'process_count': jax.process_count(),
-      'python': platform.python_version(),
-      'versions': {'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
-                   'flax': flax.__version__, 'optax': optax.__version__,
-                   'orbax-checkpoint': orbax.checkpoint.__version__,
-                   'numpy': np.__version__},
-      'model_impls': dict(model.impls()),
-  }
-
-
-def _note_another_machine(workdir: str, info: dict[str, Any]) -> None:
-  """A note (not a refusal) when a run resumes on another CPU, library or implementation."""
-  try:
-    with open(os.path.join(workdir, checkpoint_lib.CONFIG_FILE), encoding='utf-8') as f:
-      before = json.load(f).get('run')
-  except (OSError, ValueError, AttributeError):  # missing or damaged: a record, nothing more
-    return
-  if not isinstance(before, dict):
-    return
-  changed = [key for key in ('cpu', 'backend', 'versions', 'model_impls')
-             if key in before and before[key] != info[key]]
-  if changed:
-    print(f'note: this workdir was trained with another {", ".join(changed)} before (see its '
-          f'{checkpoint_lib.CONFIG_FILE}); the run continues, but its numbers will not equal '
-          'those of an uninterrupted run there to every digit.', file=sys.stderr, flush=True)
-
-
 def write_plots(workdir: str, params) -> None:
   """``plots/curves.png`` from metrics.jsonl and ``plots/conv1_filters.png`` from ``params``."""
   plots = os.path.join(workdir, 'plots')
@@ -800,7 +709,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
              which: str = 'best') -> dict[str, Any]:
   """Top-1/top-5 error of the workdir's best (or latest) checkpoint: centre crop and 10-crop."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  config, imported = imported_weights(config)
+  config, imported = imported_weights(config, workdir)
   if not checkpoint_lib.has_checkpoints(workdir):
     if imported is not None:  # the imported weights as they are (the published accuracy)
       return _evaluate_imported(config, imported)

@@ -14,7 +14,8 @@ Formats (``load`` takes all; ``save`` writes ours, ``export_onnx`` ONNX):
 * ``.pth`` (torchvision state dict; needs torch) and ``.safetensors`` (a torchvision state dict,
   or our format: see :func:`save`).
 * A run's workdir, its ``checkpoints/`` directory or one ``checkpoints/<step>``: the run's
-  params (best checkpoint by validation error, else the latest) and its config's network.
+  params (best checkpoint by validation error, else the latest) and the network the checkpoint
+  records.
 
 The network and layer sequence a file describes (convolution geometry, LRN constants and
 placement, pooling, class count from fc8) are read from it and checked against the preset;
@@ -24,6 +25,7 @@ Errors a file can cause are :class:`WeightsError` (a ``ValueError``) with one se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -52,16 +54,40 @@ def _architecture(model: model_lib.AlexNet) -> dict[str, Any]:
   return {f: getattr(model, f) for f in ARCHITECTURE_FIELDS if hasattr(model, f)}
 
 
-def preset_of(model: model_lib.AlexNet) -> tuple[str, dict[str, Any]]:
-  """(the preset nearest ``model``, the fields that differ from it) over the network fields."""
-  mine = _architecture(model)
+def _nearest_preset(fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+  """(the preset nearest ``fields``, the fields that differ from it); the first on a tie."""
   best = None
   for name in model_lib.PRESETS:
     theirs = _architecture(model_lib.preset(name))
-    differ = {f: v for f, v in mine.items() if theirs.get(f) != v}
+    differ = {f: v for f, v in fields.items() if theirs.get(f) != v}
     if best is None or len(differ) < len(best[1]):
       best = (name, differ)
   return best
+
+
+def preset_of(model: model_lib.AlexNet) -> tuple[str, dict[str, Any]]:
+  """(the preset nearest ``model``, the fields that differ from it) over the network fields."""
+  return _nearest_preset(_architecture(model))
+
+
+def model_of_record(record: dict[str, Any], **overrides) -> model_lib.AlexNet:
+  """The AlexNet a checkpoint's record of its network describes (its meta's ``architecture``:
+  ``model.<field>`` -> value, as ``trainer.architecture`` writes it): the nearest preset with
+  the record's other values on top; the fields it does not record (the init scheme, the speed
+  options) are the preset's, and ``overrides`` set any of them."""
+  fields = {}
+  for key, value in record.items():
+    section, _, field = key.partition('.')
+    if section == 'model':
+      fields[field] = _from_json(field, value)
+  known = {f.name for f in dataclasses.fields(model_lib.AlexNet)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise WeightsError(f'the checkpoint records the network field {unknown[0]!r}, which this '
+                       'version of alexnet_jax does not know; load it with the version that '
+                       'trained it.')
+  name, differ = _nearest_preset(fields)
+  return model_lib.preset(name, **{**differ, **overrides})
 
 
 def input_size(model: model_lib.AlexNet) -> int:
@@ -312,32 +338,56 @@ def _restore_params(step_dir: str) -> dict:
   return state['params']
 
 
+def _chosen_step_dir(path: str, workdir: str) -> str:
+  """The checkpoint a workdir stands for: its best by validation error, else its latest."""
+  from alexnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  if not checkpoint_lib.has_checkpoints(workdir):
+    if os.path.exists(os.path.join(workdir, checkpoint_lib.CONFIG_FILE)):
+      raise WeightsError(f'{path}: the run has no checkpoint yet.')
+    raise WeightsError(f'{path}: no checkpoint in {workdir}: not a run of alexnet_jax (or not '
+                       'a weight file of a known kind).')
+  ckpts = checkpoint_lib.Checkpoints(workdir, async_save=False)
+  step = ckpts.best_step() or ckpts.latest_step()
+  ckpts.close()
+  return checkpoint_lib.step_directory(workdir, step)
+
+
+def _network_from_config_file(path: str, workdir: str) -> tuple[str, dict[str, Any]]:
+  """(preset, fields on top) of a checkpoint saved before checkpoints recorded their network
+  in their meta: from the run's config.json, the only record such a run has of it."""
+  from alexnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  try:
+    with open(os.path.join(workdir, checkpoint_lib.CONFIG_FILE), encoding='utf-8') as f:
+      model_config = json.load(f).get('model', {})
+  except (OSError, ValueError) as e:
+    raise WeightsError(f'{path}: the checkpoint is of a version that did not record its '
+                       f'network, and the run\'s {checkpoint_lib.CONFIG_FILE} cannot be read '
+                       f'({type(e).__name__}); put it back.') from None
+  return (model_config.get('preset') or 'paper',
+          model_lib.changed_from_paper(_overrides(model_config)))
+
+
 def read_run(path: str) -> Source:
-  """A run's params: ``path`` is its workdir, ``checkpoints/`` or ``checkpoints/<step>``; a
-  workdir gives its best checkpoint by validation error (else the latest), as evaluation does."""
+  """A run's params and network: ``path`` is its workdir, ``checkpoints/`` or
+  ``checkpoints/<step>``; a workdir gives its best checkpoint by validation error (else the
+  latest), as evaluation does. The network is the one the checkpoint records, as a resume
+  reads it (:func:`model_of_record`), not the run's config.json."""
   from alexnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   workdir, step_dir = run_dirs(path)
-  config_path = os.path.join(workdir, checkpoint_lib.CONFIG_FILE)
-  if not os.path.exists(config_path):
-    raise WeightsError(f'{path}: no {checkpoint_lib.CONFIG_FILE} in {workdir}: not a run of '
-                       'alexnet_jax (or not a weight file of a known kind).')
   if step_dir is None:
-    if not checkpoint_lib.has_checkpoints(workdir):
-      raise WeightsError(f'{path}: the run has no checkpoint yet.')
-    ckpts = checkpoint_lib.Checkpoints(workdir, async_save=False)
-    step = ckpts.best_step() or ckpts.latest_step()
-    ckpts.close()
-    step_dir = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR, str(step))
-  with open(config_path, encoding='utf-8') as f:
-    model_config = json.load(f).get('model', {})
+    step_dir = _chosen_step_dir(path, workdir)
   try:
+    meta = checkpoint_lib.read_meta(step_dir)
     params = _restore_params(step_dir)
   except Exception as e:  # pylint: disable=broad-except  (Orbax/tensorstore raise many kinds)
     raise WeightsError(f'{step_dir}: the checkpoint does not restore ({type(e).__name__}); '
                        'load another step.') from None
-  return Source(step_dir, 'checkpoint', params, layout='ours',
-                preset=model_config.get('preset') or 'paper',
-                overrides=model_lib.changed_from_paper(_overrides(model_config)))
+  record = meta.get('architecture')
+  if isinstance(record, dict):
+    name, differ = preset_of(model_of_record(record))
+  else:
+    name, differ = _network_from_config_file(path, workdir)
+  return Source(step_dir, 'checkpoint', params, layout='ours', preset=name, overrides=differ)
 
 
 def read(path: str) -> Source:

@@ -6,6 +6,8 @@ folder: the run's first state holds exactly the file's conv1..fc7 (compared with
 the network and the preprocessing are the file's preset's.
 """
 
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -88,3 +90,52 @@ def test_the_command_line_takes_init_from(files, tmp_path):
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 2 and lines[-1].startswith('error: config.init_from:'), result
   assert 'Traceback' not in result.stderr
+
+
+def _final_checkpoint(workdir):
+  step = tiny.checkpoint_steps(workdir)[-1]
+  return step, tiny.restore_checkpoint(workdir, step)
+
+
+@pytest.mark.timeout(900)
+def test_a_resume_does_not_open_the_init_from_file(files, in_process_runs, monkeypatch,
+                                                   tmp_path, capsys):
+  """A fine-tune stopped after its first step resumes with its init_from file replaced by
+  garbage: the network comes from the checkpoints' record (the same resolved config), the
+  params from the checkpoint, and the run ends bit for bit as the uninterrupted one."""
+  path, folder, _ = files
+  own = str(tmp_path / 'weights.caffemodel')
+  shutil.copy(path, own)
+  config = _config(own, folder)
+  config.batch_size, config.num_epochs = 8, 1  # two steps
+  config.checkpoint.every_steps, config.checkpoint.keep = 100, 1
+  # The resolved config is what in_process_runs sets up (resolving it again changes nothing).
+  config, _ = trainer.imported_weights(config)
+  resolved = []
+  real_imported_weights = trainer.imported_weights
+
+  def spy(*args, **kwargs):
+    result = real_imported_weights(*args, **kwargs)
+    resolved.append(result[0].to_json_best_effort(sort_keys=True))
+    return result
+
+  monkeypatch.setattr(trainer, 'imported_weights', spy)
+  reference = str(tmp_path / 'reference')
+  in_process_runs.run(config, reference, monkeypatch)
+  workdir = str(tmp_path / 'run')
+  assert in_process_runs.run(config, workdir, monkeypatch,
+                             stop_after_train_steps=1)['stopped_by'] == 'SIGTERM'
+  with open(own, 'wb') as f:
+    f.write(b'not a caffemodel any more')
+  capsys.readouterr()
+  in_process_runs.run(config, workdir, monkeypatch)
+  assert 'Resuming from checkpoint at step 1' in capsys.readouterr().out
+  with pytest.raises(weights.WeightsError):  # a start over does read it
+    trainer.imported_weights(config, workdir, start_over=True)
+  assert resolved == [config.to_json_best_effort(sort_keys=True)] * 3
+  (step, (state, meta)), (ref_step, (ref_state, ref_meta)) = (
+      _final_checkpoint(workdir), _final_checkpoint(reference))
+  assert step == ref_step == 2 and meta == ref_meta
+  leaves, ref_leaves = tiny.leaves_with_paths(state), tiny.leaves_with_paths(ref_state)
+  assert [p for p, _ in leaves] == [p for p, _ in ref_leaves]
+  assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(leaves, ref_leaves))

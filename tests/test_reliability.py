@@ -22,6 +22,7 @@ import pytest
 import tiny_config as tiny
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import optim
+from alexnet_jax import stopping
 from alexnet_jax import trainer
 
 TRACEBACK = 'Traceback (most recent call last)'
@@ -208,7 +209,7 @@ def test_sigint_asks_to_stop_and_a_second_sigint_stops_at_once():
   this checks that SIGINT reaches the same request and that the handlers are put back.
   """
   before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-  with trainer._StopRequest() as stop:  # pylint: disable=protected-access
+  with stopping.StopRequest() as stop:
     assert stop.signal_name is None
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.05)  # Python runs handlers between bytecodes of the main thread
@@ -217,7 +218,7 @@ def test_sigint_asks_to_stop_and_a_second_sigint_stops_at_once():
       os.kill(os.getpid(), signal.SIGINT)
       time.sleep(0.05)
   assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
-  with trainer._StopRequest() as stop:  # pylint: disable=protected-access
+  with stopping.StopRequest() as stop:
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(0.05)
     assert stop.signal_name == 'SIGTERM'

@@ -284,6 +284,39 @@ def test_a_runs_checkpoint_exports_to_onnx(tmp_path_factory, tmp_path):
   assert_logits_close(ort_run(path, nchw(images)), run_logits)
 
 
+def _rewrite_json(path, change):
+  with open(path, encoding='utf-8') as f:
+    content = json.load(f)
+  change(content)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(content, f)
+
+
+def test_a_run_loads_the_network_its_checkpoint_records(tmp_path_factory, tmp_path):
+  """A run's network comes from the checkpoint's own record, as a resume reads it: a
+  config.json that names another network (same shapes) changes nothing. A checkpoint of a
+  version before that record (no 'architecture' in its meta) takes it from config.json, and
+  without a readable config.json is one clear error."""
+  import tiny_config as tiny  # pylint: disable=g-import-not-at-top
+  reference, _ = tiny.reference_run(tmp_path_factory)
+  workdir = tiny.copy_workdir(reference, str(tmp_path / 'run'))  # small files are copies
+  step = tiny.checkpoint_steps(workdir)[-1]
+  step_dir = os.path.join(workdir, 'checkpoints', str(step))
+  state, _ = tiny.restore_checkpoint(workdir, step)
+  config_path = os.path.join(workdir, 'config.json')
+  _rewrite_json(config_path, lambda c: c['model'].update(preset='caffenet'))
+  model, variables = weights.load(step_dir)
+  assert model == model_lib.preset('paper', num_classes=tiny.NUM_CLASSES)
+  assert same_params(variables['params'], state['params'])
+  _rewrite_json(os.path.join(step_dir, 'meta', 'metadata'), lambda m: m.pop('architecture'))
+  old_model, old_variables = weights.load(step_dir)
+  assert old_model == model_lib.preset('caffenet', num_classes=tiny.NUM_CLASSES)
+  assert same_params(old_variables['params'], state['params'])
+  os.remove(config_path)
+  with pytest.raises(weights.WeightsError, match='did not record its network.*config.json'):
+    weights.load(step_dir)
+
+
 # --------------------------------------------------------------------------------------------
 # Bad files: one clear line naming the file and the tensor; nothing written
 # --------------------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def prepare_copy(data_config, out_dir: str, *, quality: int = DEFAULT_QUALITY,
   result = {'splits': splits, 'class_names': list(info.class_names or []),
             'num_classes': info.num_classes, 'resize_size': resize, 'shape': shape,
             'quality': quality, 'made_from': {'source': data_config.source,
-                                              'name': data_config.get('name', '')}}
+                                              'name': data_config.name}}
   with open(os.path.join(out_dir, INFO_FILE), 'w') as f:
     json.dump(result, f, indent=2)
   return result
