@@ -4,9 +4,7 @@ the repository root on sys.path (for experiments/bench).
 This runs before any test module imports JAX; XLA reads the flag when its CPU backend starts.
 """
 import os
-import shutil
 import sys
-import tempfile
 
 # The experiments' code (experiments/bench: the benchmark and the PyTorch twin) is not part of
 # the installed package: the tests import it from the repository root.
@@ -20,17 +18,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-# One persistent compilation cache for the session, in this process and (through the
-# environment) in every subprocess the tests start: many tests build the same AlexNet programs
-# anew (a new jit of the same function, a fresh process running the same tiny config), and
-# compiling one costs seconds where reading it back costs a fraction of one. The cache is keyed
-# by the program, devices, options and XLA flags, so a hit is the executable a compile would
-# give; it starts empty and is removed when the session ends (nothing carries across sessions).
-_JAX_CACHE_DIR = tempfile.mkdtemp(prefix='alexnet_jax_tests_jax_cache_')
-os.environ['JAX_COMPILATION_CACHE_DIR'] = _JAX_CACHE_DIR
-os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '-1'
-
 import jax  # noqa: E402  (after the flags above)
 
 jax.config.update('jax_enable_x64', False)
@@ -38,10 +25,6 @@ jax.config.update('jax_enable_x64', False)
 
 def pytest_report_header(config):
   return f'jax {jax.__version__}, devices: {jax.devices()}'
-
-
-def pytest_unconfigure(config):
-  shutil.rmtree(_JAX_CACHE_DIR, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
