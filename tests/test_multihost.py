@@ -105,11 +105,29 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+# One JAX compilation cache for this module's jobs (set by the autouse fixture below): every job
+# runs the same tiny config, so each job after the first reads its programs back instead of
+# compiling them again. Only here: a test process that jits closures over a whole network's
+# weights would pay for hashing and writing those constants and reuse nothing.
+_COMPILATION_CACHE = {}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _compilation_cache(tmp_path_factory):
+  _COMPILATION_CACHE.update(
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
+  yield
+  _COMPILATION_CACHE.clear()
+
+
 def _child_env(devices: int = DEVICES_PER_PROCESS) -> dict[str, str]:
   # Proxy variables can route gRPC's loopback connections through a proxy (JAX warns: hangs).
   env = {k: v for k, v in os.environ.items() if not k.lower().endswith('_proxy')}
   env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
+             JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2',
+             **_COMPILATION_CACHE)
   return env
 
 
