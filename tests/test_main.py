@@ -1,7 +1,7 @@
 """The main job end to end (issue 4): ``python -m alexnet_jax.main`` on a tiny config.
 
-The tiny run (``tiny_config``: the full 227x227 AlexNet, 2 fake CPU devices, batch 4, two
-epochs of 4 steps on a small image folder) writes checkpoints, metrics.jsonl, TensorBoard
+The tiny run (``tiny_config``: the full AlexNet at its smallest input, 67x67, 2 fake CPU
+devices, batch 4, two epochs of 4 steps on a small image folder) writes checkpoints, metrics.jsonl, TensorBoard
 events, both plots and its config; a second invocation resumes where the first stopped;
 ``--mode=eval`` reports centre-crop and 10-crop errors of a checkpoint; a workdir refuses a
 config of another network.

@@ -121,17 +121,21 @@ def test_torchvision_ten_crop_text_output(tmp_path, capsys):
 
 
 def test_a_runs_workdir_uses_its_own_classes_and_preprocessing(tmp_path_factory, capsys):
-  workdir, _ = tiny.reference_run(tmp_path_factory)
+  workdir, _ = tiny.preset_size_run(tmp_path_factory)
   code, out, err = _run(capsys, '--weights', workdir, '--json', GRACE)
   assert code == 0, err
   entry = json.loads(out)['predictions'][0]
   model, variables = weights.load(workdir)
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
     data = json.load(f)['data']
-  # The run's evaluation: central square to 256 (the photo's shorter side), centre 227, the
-  # run's mean in 0..255 units.
-  image = np.asarray(Image.open(GRACE).convert('RGB').resize((256, 300), Image.BILINEAR))
-  pixels = image[36:36 + 227, 14:14 + 227].astype(np.float32)
+  # The run's evaluation: the photo's shorter side (512 wide, 600 high) to the run's resize
+  # size (256: 256 x 300), its central crop (227: rows 36.., columns 14..; torchvision's
+  # rounding), the run's mean in 0..255 units.
+  resize, crop = data['resize_size'], data['crop_size']
+  height = int(resize * 600 / 512)
+  top, left = round((height - crop) / 2), round((resize - crop) / 2)
+  image = np.asarray(Image.open(GRACE).convert('RGB').resize((resize, height), Image.BILINEAR))
+  pixels = image[top:top + crop, left:left + crop].astype(np.float32)
   x = (pixels / 255.0 - np.asarray(data['mean_rgb'], np.float32)) * data['input_scale']
   probs = np.asarray(jax.nn.softmax(model.apply(variables, x[None])))[0]
   names = class_names.for_data_config(data)

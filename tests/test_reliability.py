@@ -300,8 +300,9 @@ def test_a_changed_batch_size_continues_the_epoch_after_the_examples_seen(
 def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_earlier_checkpoints(
     tiny_session, tiny_reference):
   """A write that fails at the OS level, simulated honestly: the resumed job runs under
-  RLIMIT_FSIZE=64 MiB, so Orbax's background write of the first new checkpoint (~460 MB)
-  fails with EFBIG ("File too large"), as a full disk fails with ENOSPC. The job reports the
+  RLIMIT_FSIZE=8 MiB, so Orbax's background write of the first new checkpoint (~160 MB in two
+  or three data files; the job's other files and compiled programs are far smaller) fails
+  with EFBIG ("File too large"), as a full disk fails with ENOSPC. The job reports the
   step and the intact latest checkpoint in one error, leaves no partial directory, and the
   earlier checkpoints still restore to the reference's values.
   """
@@ -309,7 +310,7 @@ def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_earlier_checkpoints(
   workdir = tiny.copy_workdir(ref_dir, os.path.join(tiny_session.new_dir('disk_full'), 'run'))
   # bash's ulimit -f counts KiB. Python ignores SIGXFSZ, so a write past the limit fails with
   # EFBIG, as one on a full disk fails with ENOSPC.
-  limited = ['bash', '-c', 'ulimit -f 65536 && exec "$@"', 'bash']
+  limited = ['bash', '-c', 'ulimit -f 8192 && exec "$@"', 'bash']
   result = tiny_session.run(
       limited + tiny_session.command(workdir, '--config.num_epochs=3'), timeout=400)
   line = _assert_one_clear_error(result)

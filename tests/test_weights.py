@@ -269,7 +269,7 @@ def test_export_runs_in_onnx_runtime_with_our_logits(tmp_path, zoo, torchvision_
 def test_a_runs_checkpoint_exports_to_onnx(tmp_path_factory, tmp_path):
   import tiny_config as tiny  # pylint: disable=g-import-not-at-top
   from alexnet_jax import trainer  # pylint: disable=g-import-not-at-top
-  workdir, _ = tiny.reference_run(tmp_path_factory)
+  workdir, _ = tiny.preset_size_run(tmp_path_factory)
   step = tiny.checkpoint_steps(workdir)[-1]
   assert weights.load(workdir)[0].num_classes == tiny.NUM_CLASSES  # the best (or latest) one
   model, variables = weights.load(os.path.join(workdir, 'checkpoints', str(step)))
@@ -279,7 +279,8 @@ def test_a_runs_checkpoint_exports_to_onnx(tmp_path_factory, tmp_path):
   state, _ = tiny.restore_checkpoint(workdir, step)
   config = tiny.get_config()
   run_model = trainer.build_model(config, tiny.NUM_CLASSES)
-  images = rgb_images(227, n=2, seed=4)
+  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+    images = rgb_images(json.load(f)['data']['crop_size'], n=2, seed=4)  # the run's own size
   run_logits = np.asarray(jax.jit(run_model.apply)({'params': state['params']}, images))
   assert_logits_close(ort_run(path, nchw(images)), run_logits)
 
@@ -298,7 +299,7 @@ def test_a_run_loads_the_network_its_checkpoint_records(tmp_path_factory, tmp_pa
   version before that record (no 'architecture' in its meta) takes it from config.json, and
   without a readable config.json is one clear error."""
   import tiny_config as tiny  # pylint: disable=g-import-not-at-top
-  reference, _ = tiny.reference_run(tmp_path_factory)
+  reference, _ = tiny.preset_size_run(tmp_path_factory)
   workdir = tiny.copy_workdir(reference, str(tmp_path / 'run'))  # small files are copies
   step = tiny.checkpoint_steps(workdir)[-1]
   step_dir = os.path.join(workdir, 'checkpoints', str(step))

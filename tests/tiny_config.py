@@ -1,9 +1,11 @@
 """A tiny run of the main job for the end-to-end tests, and the helpers that launch it.
 
 As a config file (``--config tests/tiny_config.py --config.data.folder=DIR``) it is the paper's
-network (227x227 input, all five conv and three fc layers) on a small image folder: batch 4,
-two epochs of 4 steps, a checkpoint every 2 steps, every step logged, and the learning rate
-divided by 10 after the first epoch (so resuming must also restore the rate policy's state).
+network (all five conv and three fc layers) at the smallest input it takes, 67x67 (fc6 sees
+1x1x256: a 20M-parameter model whose checkpoints take 160 MB, not 460 MB, and whose steps and
+compiles are cheap on 2 cores), on a small image folder: batch 4, two epochs of 4 steps, a
+checkpoint every 2 steps, every step logged, and the learning rate divided by 10 after the first
+epoch (so resuming must also restore the rate policy's state).
 
 As a module (``import tiny_config`` from the tests) it builds that image folder, with the
 bad files a real folder holds, and runs ``python -m alexnet_jax.main`` in subprocesses on 2
@@ -37,6 +39,7 @@ STEPS_PER_EPOCH = 4
 NUM_EPOCHS = 2
 TOTAL_STEPS = STEPS_PER_EPOCH * NUM_EPOCHS
 CHECKPOINT_EVERY = 2
+SMALLEST_CROP = 67  # conv1 15 -> pool 7 -> pool 3 -> pool 1 (config_checks.smallest_crop)
 # Files the folder scan must skip (the 1x1 and RGBA images are usable and kept).
 SKIPPED_FILES = ('corrupt.jpg', 'empty.jpg', 'notes.jpg')
 
@@ -45,6 +48,8 @@ def get_config():
   """The tiny run (see the module docstring); data.folder is set on the command line."""
   c = folder_config.get_config()
   c.data.folder = ''
+  c.data.crop_size = SMALLEST_CROP
+  c.data.resize_size = 72  # the random crops still move (5 px) and the centre crop is inside
   c.data.num_parallel_calls = 2
   c.data.prefetch = 1
   c.batch_size = 4
@@ -62,12 +67,10 @@ def get_config():
 
 
 def small_config(folder: str, overrides: dict | None = None):
-  """tiny_config's run at the smallest crop the network takes (67: a 160 MB checkpoint, not
-  460 MB): 16 images in batches of 8, two steps per epoch, two epochs, on every device."""
+  """tiny_config's run (67x67 input) in batches of 8 for in-process runs: 16 images, two steps
+  per epoch, two epochs, on every device."""
   c = get_config()
   c.data.folder = folder
-  c.data.crop_size = 67
-  c.data.resize_size = 72
   c.batch_size = 8
   c.eval.batch_size = 4
   c.checkpoint.every_steps = 100
@@ -278,12 +281,12 @@ def session(tmp_path_factory) -> Session:
   return _SESSION
 
 
-@functools.lru_cache(maxsize=1)
-def _reference(base_id: int) -> tuple[str, Result]:
-  del base_id
+@functools.lru_cache(maxsize=None)
+def _run_once(base_id: int, name: str, flags: tuple[str, ...]) -> tuple[str, Result]:
+  del base_id  # the cache key: one run per session
   s = _SESSION
-  workdir = s.new_dir('reference')
-  result = s.run(s.command(workdir), timeout=420)
+  workdir = s.new_dir(name)
+  result = s.run(s.command(workdir, *flags), timeout=420)
   assert result.returncode == 0, result
   return workdir, result
 
@@ -291,7 +294,21 @@ def _reference(base_id: int) -> tuple[str, Result]:
 def reference_run(tmp_path_factory) -> tuple[str, Result]:
   """(workdir, result) of the uninterrupted tiny run; runs once per session. Read it only."""
   s = session(tmp_path_factory)
-  return _reference(id(s))
+  return _run_once(id(s), 'reference', ())
+
+
+# The paper's input; alexnet_jax.weights (and so predict and the ONNX export) takes a network
+# only at its preset's input size, so the tests of a run's weights need a run at this size.
+PRESET_CROP, PRESET_RESIZE = 227, 256
+
+
+def preset_size_run(tmp_path_factory) -> tuple[str, Result]:
+  """(workdir, result) of the tiny run at 227x227, stopped at its first checkpoint (step 2):
+  a run's weights as predict and the exporters read them. Runs once per session; read only."""
+  s = session(tmp_path_factory)
+  return _run_once(id(s), 'preset_size', (
+      f'--config.data.crop_size={PRESET_CROP}', f'--config.data.resize_size={PRESET_RESIZE}',
+      f'--config.max_steps={CHECKPOINT_EVERY}'))
 
 
 def copy_workdir(source: str, destination: str) -> str:
