@@ -186,6 +186,7 @@ def has_checkpoints(workdir: str) -> bool:
 
 
 def step_directory(workdir: str, step: int) -> str:
+  """The directory of checkpoint ``step`` in ``workdir`` (``<workdir>/checkpoints/<step>``)."""
   return os.path.join(workdir, CHECKPOINT_DIR, str(step))
 
 
