@@ -125,7 +125,7 @@ def make_optimizer(config_optim) -> optax.GradientTransformation:
       learning_rate=float(config_optim.learning_rate),
       momentum=float(config_optim.momentum),
       weight_decay=float(config_optim.weight_decay),
-      decay_biases=bool(config_optim.get('decay_biases', False)))
+      decay_biases=bool(config_optim.decay_biases))
 
 
 # --------------------------------------------------------------------------------------------
