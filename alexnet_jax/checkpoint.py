@@ -31,6 +31,7 @@ CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'damaged_checkpoints'  # damaged checkpoints are moved here, not deleted
 _TMP_MARK = '.orbax-checkpoint-tmp'
+_META_ITEM = 'meta'  # the checkpoint's item holding the loop's JSON meta
 
 class ConfigMismatchError(ValueError):
   """The workdir holds a run of a different, incompatible configuration."""
@@ -193,10 +194,21 @@ def step_directory(workdir: str, step: int) -> str:
 def read_meta(step_dir: str) -> dict:
   """The JSON meta of one checkpoint directory (``<workdir>/checkpoints/<step>``), read alone
   (without a manager, which would clean up a save another process is still writing)."""
+  return _read_meta(step_dir, f'the meta of {step_dir}')
+
+
+def _read_meta(step_dir: str, where: str) -> dict:
+  """The meta item of ``step_dir``, refused (``where`` names it) unless a JSON object.
+
+  The one reader of a checkpoint's meta, for :func:`read_meta` and for
+  :meth:`Checkpoints.restore_checked` alike: a standalone Checkpointer with the manager's own
+  meta handler reads the same files the manager would, and opens no manager (whose start
+  removes the temporary directory of a save another process is still writing).
+  """
   with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
-    meta = checkpointer.restore(os.path.join(step_dir, 'meta'))
+    meta = checkpointer.restore(os.path.join(step_dir, _META_ITEM))
   if not isinstance(meta, dict):
-    raise ValueError(f'the meta of {step_dir} is a {type(meta).__name__}, not a JSON object')
+    raise ValueError(f'{where} is a {type(meta).__name__}, not a JSON object')
   return meta
 
 
@@ -347,16 +359,9 @@ class Checkpoints:
                       identity: dict | None) -> tuple[Any, dict]:
     """:meth:`restore` after checking that ``step`` holds the network asked for."""
     with _quiet_failed_reads():
-      meta = self._restore_meta(step)
+      meta = _read_meta(os.path.join(self.directory, str(step)), 'its meta')
       self._check_identity(step, meta, identity, abstract_state)
       return self.restore(step, abstract_state)
-
-  def _restore_meta(self, step: int) -> dict:
-    restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    meta = restored['meta']
-    if not isinstance(meta, dict):
-      raise ValueError(f'its meta is a {type(meta).__name__}, not a JSON object')
-    return meta
 
   def _check_identity(self, step: int, meta: dict, identity: dict | None,
                       abstract_state: Any) -> None:
