@@ -90,6 +90,39 @@ def test_damaged_latest_falls_back_to_newest_intact(tmp_path, damage):
   again.close()
 
 
+@pytest.mark.parametrize('damage, reason', [
+    ('cut', 'its metadata is not valid JSON'),
+    ('not an object', 'its metadata is not valid JSON'),
+    ('remove', 'a file of it is missing'),
+])
+def test_a_damaged_meta_falls_back_to_the_older_checkpoint(tmp_path, capsys, damage, reason):
+  """The meta is read alone (read_meta) and before a restore by the same reader: a damaged one
+  is refused by both, and the restore falls back to the older checkpoint in words."""
+  import shutil
+  ckpts = checkpoint_lib.Checkpoints(str(tmp_path), keep=3, async_save=False)
+  for step in (1, 2):
+    ckpts.save(step, _tree(step), {'epoch': step})
+  ckpts.close()
+  step_dir = checkpoint_lib.step_directory(str(tmp_path), 2)
+  metadata = os.path.join(step_dir, 'meta', 'metadata')
+  if damage == 'remove':
+    shutil.rmtree(os.path.dirname(metadata))
+  else:
+    with open(metadata, 'w', encoding='utf-8') as f:
+      f.write('{"epo' if damage == 'cut' else '[1, 2]')
+  with pytest.raises(Exception) as raised:
+    checkpoint_lib.read_meta(step_dir)
+  assert checkpoint_lib.damage_reason(raised.value) == reason
+  assert checkpoint_lib.read_meta(checkpoint_lib.step_directory(str(tmp_path), 1)) == {'epoch': 1}
+  again = checkpoint_lib.Checkpoints(str(tmp_path), keep=3, async_save=False)
+  step, state, meta = again.restore_latest_intact(_abstract(_tree(0)), set_aside=False)
+  again.close()
+  assert step == 1 and meta == {'epoch': 1}
+  chex.assert_trees_all_close(state, _tree(1))
+  assert (f'warning: checkpoint 2 in {again.directory} is damaged or incomplete ({reason}); '
+          'trying an older one.') in capsys.readouterr().err
+
+
 def _saved(tmp_path, steps=(1, 2), network=None):
   ckpts = checkpoint_lib.Checkpoints(str(tmp_path), keep=3, async_save=False)
   for step in steps:
