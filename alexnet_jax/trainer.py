@@ -3,7 +3,8 @@
 Data flows one way: the input pipeline yields host batches, ``layout`` places them on the mesh,
 the jitted ``train_step`` (a ``shard_map`` over the mesh) returns the new state and metrics,
 ``report`` writes them and Orbax saves the state. Only process 0 writes logs and plots; every
-process takes part in checkpoint saves and restores.
+process takes part in checkpoint saves and restores. Where a run starts (its checkpoints'
+network, resume or init) is ``resume.py``'s.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import math
 import os
 import shutil
@@ -31,8 +31,8 @@ from alexnet_jax import device_feed
 from alexnet_jax import layout as layout_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
-from alexnet_jax import pretrained
 from alexnet_jax import report
+from alexnet_jax import resume
 from alexnet_jax import run_info
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import stopping
@@ -76,28 +76,6 @@ def resolve_compute_dtype(dtype: str) -> str:
   if dtype != 'auto':
     return dtype
   return 'bfloat16' if jax.default_backend() in ('gpu', 'tpu') else 'float32'
-
-
-# AlexNet fields that do not change the function a checkpoint's parameters compute: how it is
-# computed (the *_impl and *_grad options, the compute dtype), where (the model axis), and the
-# starting point (init_scheme). Every other field -- new ones included -- is the architecture.
-_NOT_ARCHITECTURE = frozenset({'dtype', 'param_dtype', 'model_axis', 'model_parallel_convs',
-                               'model_parallel_fcs', 'init_scheme', 'parent', 'name'})
-
-
-def architecture_fields() -> list[str]:
-  """The AlexNet fields a workdir's checkpoints are bound to (see :func:`architecture`)."""
-  return [f.name for f in dataclasses.fields(model_lib.AlexNet)
-          if f.name not in _NOT_ARCHITECTURE and not f.name.endswith(('_impl', '_grad'))]
-
-
-def architecture(model: model_lib.AlexNet, crop_size: int) -> dict[str, Any]:
-  """The network a checkpoint holds, as saved in its meta: the architecture fields and crop."""
-  def plain(value):
-    return list(value) if isinstance(value, tuple) else value
-  fields = {f'model.{name}': plain(getattr(model, name)) for name in architecture_fields()}
-  fields['data.crop_size'] = int(crop_size)
-  return json.loads(json.dumps(fields, default=str))
 
 
 def resolve_num_classes(config: ml_collections.ConfigDict, info) -> int:
@@ -238,42 +216,6 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _initial_state(s: Setup, imported: Callable[[], dict] | None = None) -> steps_lib.TrainState:
-  """A fresh train state; with ``imported`` (config.init_from's params, converted when called),
-  those in every layer whose shape fits (all but a resized fc8)."""
-  crop = s.config.data.crop_size
-  init = jax.jit(lambda rng: steps_lib.create_train_state(rng, s.model, s.tx, (1, crop, crop, 3)),
-                 out_shardings=s.steps.state_sharding)
-  state = init(jax.random.PRNGKey(s.config.seed))
-  if imported is None:
-    return state
-  log = print if jax.process_index() == 0 else lambda _: None
-  params = pretrained.start_params(jax.device_get(state.params), imported(), log)
-  return state.replace(params=jax.device_put(params, s.steps.state_sharding.params))
-
-
-def imported_weights(config: ml_collections.ConfigDict, workdir: str | None = None,
-                     start_over: bool = False):
-  """``(config, convert)``: for ``config.init_from``, the config with the file's preset and
-  preprocessing, and a function that returns the file's params converted to the network's
-  (called only by a run that starts from scratch); else ``(config, None)``.
-
-  When ``workdir``'s checkpoints record their network (a resume, unless ``start_over``), the
-  file's network is taken from that record and the file is not opened at all.
-  """
-  if not config.init_from:
-    return config, None
-  record = None if start_over or workdir is None else checkpoint_lib.recorded_network(workdir)
-  model, convert = pretrained.load(config.init_from, record)
-  return pretrained.resolve_config(config, model), convert
-
-
-def _abstract_sharded(s: Setup):
-  return jax.tree_util.tree_map(
-      lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-      s.abstract_state, s.steps.state_sharding)
-
-
 def evaluate_params(s: Setup, params, ten_crop: bool, max_batches: int = -1) -> dict[str, float]:
   """Validation loss and top-1/top-5 error (fractions) of ``params`` over the eval split."""
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -295,56 +237,6 @@ def evaluate_params(s: Setup, params, ten_crop: bool, max_batches: int = -1) -> 
           'val_top5_error': float(totals['top5_errors']) / count,
           'val_examples': int(round(float(totals['count'])))}
 
-
-@dataclasses.dataclass
-class LoopState:
-  """Where the training loop is: the train state and everything a checkpoint's meta holds.
-
-  ``loss_window`` and ``loss_since_eval`` are running [sum, count] pairs of training losses
-  (since the last train record and since the last evaluation), so that a resumed run logs the
-  same numbers as an uninterrupted one. ``saved_step`` is the newest checkpoint on disk (None
-  before the first save); it is not part of the meta.
-  """
-  state: steps_lib.TrainState
-  policy_state: dict
-  step: int = 0
-  epoch: int = 0
-  step_in_epoch: int = 0
-  loss_window: list = dataclasses.field(default_factory=lambda: [0.0, 0])
-  loss_since_eval: list = dataclasses.field(default_factory=lambda: [0.0, 0])
-  last_eval: dict = dataclasses.field(default_factory=dict)
-  saved_step: int | None = None
-
-  def to_meta(self, config: ml_collections.ConfigDict, network: dict) -> dict:
-    """The checkpoint's JSON meta: the data position, the policy state, the loss sums, and
-    ``network`` (:func:`architecture`), which a later run compares with its own."""
-    return {'architecture': network, 'epoch': self.epoch, 'step_in_epoch': self.step_in_epoch,
-            'batch_size': config.batch_size,
-            'lr_policy': {k: float(v) for k, v in self.policy_state.items()},
-            'config_learning_rate': float(config.optim.learning_rate),
-            'loss_window': list(self.loss_window), 'loss_since_eval': list(self.loss_since_eval),
-            'last_eval': self.last_eval}
-
-  @classmethod
-  def from_checkpoint(cls, step: int, state: steps_lib.TrainState, meta: dict) -> LoopState:
-    """The loop state a checkpoint (``step``, its state and :meth:`to_meta`'s meta) holds."""
-    # .get: the meta of checkpoints saved by earlier versions lacks the loss sums.
-    return cls(state=state, step=int(step), epoch=int(meta['epoch']),
-               step_in_epoch=int(meta['step_in_epoch']),
-               policy_state=optim.policy_state_to_numpy(
-                   {k: np.asarray(v) for k, v in meta['lr_policy'].items()}),
-               loss_window=list(meta.get('loss_window', [0.0, 0])),
-               loss_since_eval=list(meta.get('loss_since_eval', [0.0, 0])),
-               last_eval=dict(meta.get('last_eval', {})), saved_step=int(step))
-
-  def add_losses(self, losses: list[float]) -> None:
-    self.loss_window = [self.loss_window[0] + sum(losses), self.loss_window[1] + len(losses)]
-    self.loss_since_eval = [self.loss_since_eval[0] + sum(losses),
-                            self.loss_since_eval[1] + len(losses)]
-
-  def epoch_position(self, steps_per_epoch: int) -> float:
-    """Epochs done, as a fraction (the x axis of the metrics)."""
-    return self.epoch + self.step_in_epoch / steps_per_epoch
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -374,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   is_main = jax.process_index() == 0
   # Installed first: a preemption while the job starts up still ends it cleanly.
   with stopping.StopRequest() as stop:
-    config, imported = imported_weights(config, workdir, start_over)
+    config, imported = resume.imported_weights(config, workdir, start_over)
     s = setup(config)
     check_free_space(workdir, state_bytes(s.abstract_state), config.checkpoint.keep)
     ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.checkpoint.keep,
@@ -410,35 +302,17 @@ class _TrainingLoop:
       raise ValueError(f'The training split has {s.info.num_train_examples} examples, fewer '
                        f'than one batch of {self.config.batch_size}; lower '
                        '--config.batch_size.')
-    self.network = architecture(s.model, self.config.data.crop_size)
-    self.loop: LoopState = None  # set by run()
+    self.network = resume.architecture(s.model, self.config.data.crop_size)
+    self.loop: resume.LoopState = None  # set by run()
     self.total_steps = 0
     self.writer = None
     self._tick = (time.perf_counter(), 0)  # (time, step) of the last rate measurement
 
   # --- starting -----------------------------------------------------------------------------
-  def resume_or_init(self) -> LoopState:
-    """The newest intact checkpoint's loop state, or a fresh one (step 0)."""
-    restored = self.ckpts.restore_latest_intact(_abstract_sharded(self.s), self.network)
-    if restored is None:
-      return LoopState(state=_initial_state(self.s, self.imported),
-                       policy_state=self.policy.init(self.config.optim.learning_rate))
-    step, state, meta = restored
-    loop = LoopState.from_checkpoint(step, state, meta)
-    if self.is_main:
-      print(f'Resuming from checkpoint at step {step} (epoch {loop.epoch}, step '
-            f'{loop.step_in_epoch} of the epoch) in {self.ckpts.directory}.', flush=True)
-    loop.policy_state = _rescale_learning_rate(self.policy, loop.policy_state, meta,
-                                               self.config, self.is_main)
-    old_batch = int(meta.get('batch_size', self.config.batch_size))
-    if old_batch != self.config.batch_size:
-      loop.step_in_epoch = position_for_batch_size(loop.step_in_epoch, old_batch,
-                                                   self.config.batch_size, self.steps_per_epoch)
-      if self.is_main:
-        print(f'The batch size is {self.config.batch_size}, not {old_batch} as in the '
-              f'checkpoint: the epoch continues at batch {loop.step_in_epoch} of '
-              f'{self.steps_per_epoch}.', flush=True)
-    return loop
+  def resume_or_init(self) -> resume.LoopState:
+    """The newest intact checkpoint's loop state, or a fresh one (see :mod:`resume`)."""
+    return resume.resume_or_init(self.s, self.ckpts, self.policy, self.network,
+                                 self.steps_per_epoch, self.imported, verbose=self.is_main)
 
   def _count_total_steps(self) -> int:
     """The steps to the end of the last epoch (the step count itself may hold batches of
@@ -663,38 +537,6 @@ class _TrainingLoop:
     return {**loop.last_eval, 'step': loop.step, 'stopped_by': stopped_by}
 
 
-def position_for_batch_size(step_in_epoch: int, old_batch: int, new_batch: int,
-                            steps_per_epoch: int) -> int:
-  """Where a resumed epoch continues when the batch size changed.
-
-  At the first new batch that starts at or after the examples already seen (an epoch's example
-  order does not depend on the batch size), but never past the epoch's last batch, so that the
-  epoch still ends, evaluates and saves.
-  """
-  seen = step_in_epoch * old_batch
-  return min(-(-seen // new_batch), steps_per_epoch - 1)
-
-
-def _rescale_learning_rate(policy, policy_state, meta, config, verbose: bool):
-  """A resumed run whose config changes the learning rate scales the checkpoint's schedule.
-
-  The checkpoint's policy state holds the current rate (after any decays); a new
-  ``config.optim.learning_rate`` multiplies it by new/old, so lowering the rate after a
-  divergence, or by hand as the paper did, takes effect from the resumed step on.
-  """
-  old = meta.get('config_learning_rate')
-  new = float(config.optim.learning_rate)
-  if old is None or float(old) == new or float(old) <= 0:
-    return policy_state
-  scale = new / float(old)
-  before = policy.learning_rate(policy_state)
-  policy_state = {k: (v * scale if k in ('learning_rate', 'base_lr') else v)
-                  for k, v in policy_state.items()}
-  if verbose:
-    print(f'config.optim.learning_rate is {new:g}, not {float(old):g} as in the checkpoint: the '
-          f'rate goes from {before:.3g} to {policy.learning_rate(policy_state):.3g}.', flush=True)
-  return policy_state
-
 
 def write_plots(workdir: str, params) -> None:
   """``plots/curves.png`` from metrics.jsonl and ``plots/conv1_filters.png`` from ``params``."""
@@ -709,23 +551,24 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
              which: str = 'best') -> dict[str, Any]:
   """Top-1/top-5 error of the workdir's best (or latest) checkpoint: centre crop and 10-crop."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  config, imported = imported_weights(config, workdir)
+  config, imported = resume.imported_weights(config, workdir)
   if not checkpoint_lib.has_checkpoints(workdir):
     if imported is not None:  # the imported weights as they are (the published accuracy)
       return _evaluate_imported(config, imported)
     raise FileNotFoundError(f'No checkpoint in {os.path.join(workdir, "checkpoints")}; train first '
                             f'with: python -m alexnet_jax.main --workdir {workdir}')
   s = setup(config)
-  network = architecture(s.model, config.data.crop_size)
+  network = resume.architecture(s.model, config.data.crop_size)
   ckpts = checkpoint_lib.Checkpoints(workdir, keep=config.checkpoint.keep, async_save=False)
   step = ckpts.best_step() if which == 'best' else None
   label = 'best' if step is not None else 'latest'
   if step is None:
     # The newest intact one (damaged ones are reported and skipped, but left where they are).
-    step, state, _ = ckpts.restore_latest_intact(_abstract_sharded(s), network, set_aside=False)
+    step, state, _ = ckpts.restore_latest_intact(resume.abstract_sharded(s), network,
+                                                 set_aside=False)
   else:
     try:
-      state, _ = ckpts.restore_checked(step, _abstract_sharded(s), network)
+      state, _ = ckpts.restore_checked(step, resume.abstract_sharded(s), network)
     except checkpoint_lib.ConfigMismatchError:
       raise
     except Exception as e:  # pylint: disable=broad-except

@@ -72,7 +72,7 @@ def preset_of(model: model_lib.AlexNet) -> tuple[str, dict[str, Any]]:
 
 def model_of_record(record: dict[str, Any], **overrides) -> model_lib.AlexNet:
   """The AlexNet a checkpoint's record of its network describes (its meta's ``architecture``:
-  ``model.<field>`` -> value, as ``trainer.architecture`` writes it): the nearest preset with
+  ``model.<field>`` -> value, as ``resume.architecture`` writes it): the nearest preset with
   the record's other values on top; the fields it does not record (the init scheme, the speed
   options) are the preset's, and ``overrides`` set any of them."""
   fields = {}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpoint as checkpoint_lib
+from alexnet_jax import resume
 from alexnet_jax import trainer
 from alexnet_jax import weights
 from alexnet_jax.configs import finetune
@@ -40,7 +41,7 @@ def _config(path, folder):
 
 def test_a_finetune_starts_from_the_imported_layers(files, capsys):
   path, folder, root = files
-  config, imported = trainer.imported_weights(_config(path, folder))
+  config, imported = resume.imported_weights(_config(path, folder))
   assert (config.model.preset, config.data.preprocess, config.data.warp,
           config.data.crop_size) == ('bvlc', 'bvlc', True, 227)
   s = trainer.setup(config)
@@ -73,11 +74,11 @@ def test_the_file_decides_the_preset(files):
   config = _config(path, folder)
   config.model.preset = 'torchvision'
   with pytest.raises(ValueError, match="holds a 'bvlc' network"):
-    trainer.imported_weights(config)
+    resume.imported_weights(config)
   config.model.preset = ''
   config.init_from = path + '.missing'
   with pytest.raises(FileNotFoundError, match='config.init_from'):
-    trainer.imported_weights(config)
+    resume.imported_weights(config)
 
 
 def test_the_command_line_takes_init_from(files, tmp_path):
@@ -110,16 +111,16 @@ def test_a_resume_does_not_open_the_init_from_file(files, in_process_runs, monke
   config.batch_size, config.num_epochs = 8, 1  # two steps
   config.checkpoint.every_steps, config.checkpoint.keep = 100, 1
   # The resolved config is what in_process_runs sets up (resolving it again changes nothing).
-  config, _ = trainer.imported_weights(config)
+  config, _ = resume.imported_weights(config)
   resolved = []
-  real_imported_weights = trainer.imported_weights
+  real_imported_weights = resume.imported_weights
 
   def spy(*args, **kwargs):
     result = real_imported_weights(*args, **kwargs)
     resolved.append(result[0].to_json_best_effort(sort_keys=True))
     return result
 
-  monkeypatch.setattr(trainer, 'imported_weights', spy)
+  monkeypatch.setattr(resume, 'imported_weights', spy)
   reference = str(tmp_path / 'reference')
   in_process_runs.run(config, reference, monkeypatch)
   workdir = str(tmp_path / 'run')
@@ -131,7 +132,7 @@ def test_a_resume_does_not_open_the_init_from_file(files, in_process_runs, monke
   in_process_runs.run(config, workdir, monkeypatch)
   assert 'Resuming from checkpoint at step 1' in capsys.readouterr().out
   with pytest.raises(weights.WeightsError):  # a start over does read it
-    trainer.imported_weights(config, workdir, start_over=True)
+    resume.imported_weights(config, workdir, start_over=True)
   assert resolved == [config.to_json_best_effort(sort_keys=True)] * 3
   (step, (state, meta)), (ref_step, (ref_state, ref_meta)) = (
       _final_checkpoint(workdir), _final_checkpoint(reference))

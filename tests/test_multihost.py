@@ -38,6 +38,7 @@ from alexnet_jax import report
 from alexnet_jax import input_pipeline as ip
 from alexnet_jax import layout as layout_lib
 from alexnet_jax import optim
+from alexnet_jax import resume
 from alexnet_jax import trainer
 from alexnet_jax.configs import default as default_config
 
@@ -265,7 +266,7 @@ def _restore(setup: trainer.Setup, workdir, step: int):
   ckpts = checkpoint_lib.Checkpoints(str(workdir), async_save=False)
   try:
     steps = ckpts.all_steps()
-    target = trainer._abstract_sharded(setup)  # pylint: disable=protected-access
+    target = resume.abstract_sharded(setup)
     state, meta = ckpts.restore(step, target)
     return steps, _host(state), meta
   finally:
@@ -318,7 +319,7 @@ def _global_batches(config, num_steps: int, order=(0, 1)):
 def initial_state(setup):
   """The trainer's initial state (with the policy's first rate), on the host."""
   config = setup.config
-  state = trainer._initial_state(setup)  # pylint: disable=protected-access
+  state = resume.initial_state(setup)
   policy = optim.make_lr_policy(config.optim)
   lr = policy.learning_rate(policy.init(config.optim.learning_rate))
   return _host(state.replace(opt_state=optim.set_learning_rate(state.opt_state, lr)))

@@ -22,6 +22,7 @@ import pytest
 import tiny_config as tiny
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import optim
+from alexnet_jax import resume
 from alexnet_jax import stopping
 from alexnet_jax import trainer
 
@@ -271,13 +272,13 @@ def test_a_lower_learning_rate_on_resume_scales_the_checkpoints_schedule(capsys)
   policy = optim.make_lr_policy(config.optim)
   state = policy.update(policy.init(0.01), epoch=1)  # after the first epoch: 0.001
   config.optim.learning_rate = 0.002
-  scaled = trainer._rescale_learning_rate(  # pylint: disable=protected-access
+  scaled = resume.rescale_learning_rate(
       policy, state, {'config_learning_rate': 0.01}, config, verbose=True)
   assert policy.learning_rate(scaled) == pytest.approx(0.0002)
   assert policy.learning_rate(policy.update(scaled, epoch=1)) == pytest.approx(0.0002)
   assert 'the rate goes from 0.001 to 0.0002' in capsys.readouterr().out
   for meta in ({'config_learning_rate': 0.002}, {}):  # unchanged, or a checkpoint without it
-    assert trainer._rescale_learning_rate(  # pylint: disable=protected-access
+    assert resume.rescale_learning_rate(
         policy, state, meta, config, verbose=True) == state
 
 
@@ -290,7 +291,7 @@ def test_a_lower_learning_rate_on_resume_scales_the_checkpoints_schedule(capsys)
 ])
 def test_a_changed_batch_size_continues_the_epoch_after_the_examples_seen(
     position, old, new, steps_per_epoch, expected):
-  assert trainer.position_for_batch_size(position, old, new, steps_per_epoch) == expected
+  assert resume.position_for_batch_size(position, old, new, steps_per_epoch) == expected
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import tiny_config as tiny
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import optim
 from alexnet_jax import report
+from alexnet_jax import resume
 from alexnet_jax import trainer
 
 STEPS_PER_EPOCH = 2
@@ -191,7 +192,7 @@ def test_the_plateau_policy_with_evaluations_every_two_epochs_resumes_by_value(
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize('field', trainer.architecture_fields() + ['crop_size'])
+@pytest.mark.parametrize('field', resume.architecture_fields() + ['crop_size'])
 def test_each_architecture_field_changed_on_resume_is_refused(
     in_process_runs, reference, tmp_path, field):
   """One test per field of the network (derived from AlexNet's fields, so new ones count)."""
