@@ -55,8 +55,8 @@ def for_data_config(data: dict) -> tuple[str, ...] | None:
   subfolders' names (the folder must still be there); a TFDS dataset's come from its prepared
   metadata. None when they cannot be found.
   """
-  # .get: a config.json written by an earlier version may lack fields the configs have now.
-  source = data.get('source')
+  # Read directly: source, folder, val_fraction, name and data_dir are in every config.json.
+  source = data['source']
   if source == 'imagenet2012':
     return imagenet_names()
   if source == 'embedded':
@@ -67,12 +67,12 @@ def for_data_config(data: dict) -> tuple[str, ...] | None:
     try:
       with warnings.catch_warnings():  # the run already reported the folder's bad files
         warnings.simplefilter('ignore', folder.SkippedFilesWarning)
-        return folder.scan_folder(os.path.expanduser(data.get('folder', '')),
-                                  float(data.get('val_fraction', 0.1))).class_names
+        return folder.scan_folder(os.path.expanduser(data['folder']),
+                                  float(data['val_fraction'])).class_names
     except (OSError, ValueError):
       return None
   if source == 'tfds':
-    return _tfds_names(data.get('name', ''), data.get('data_dir'))
+    return _tfds_names(data['name'], data['data_dir'])
   return None
 
 
@@ -92,7 +92,7 @@ def for_workdir(workdir: str) -> tuple[str, ...] | None:
       config = json.load(f)
   except (OSError, ValueError):
     return None
-  return for_data_config(config.get('data', {}))
+  return for_data_config(config['data'])
 
 
 def for_model(num_classes: int, workdir: str | None = None) -> tuple[str, ...]:

@@ -165,7 +165,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for field, rule in RULES.items():
     value = get_field(config, field, default=_MISSING)
     if value is _MISSING:
-      continue  # a config without the field (a user's own) leaves it to its default
+      continue  # a user's own config without the field: the code reading it names it
     problem = rule(value)
     if problem is not None:
       raise ConfigValueError(f'config.{field} must be {problem}, not {value!r}; set '

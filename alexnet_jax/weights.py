@@ -358,11 +358,12 @@ def _network_from_config_file(path: str, workdir: str) -> tuple[str, dict[str, A
   from alexnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   try:
     with open(os.path.join(workdir, checkpoint_lib.CONFIG_FILE), encoding='utf-8') as f:
-      model_config = json.load(f).get('model', {})
+      model_config = json.load(f)['model']
   except (OSError, ValueError) as e:
     raise WeightsError(f'{path}: the checkpoint is of a version that did not record its '
                        f'network, and the run\'s {checkpoint_lib.CONFIG_FILE} cannot be read '
                        f'({type(e).__name__}); put it back.') from None
+  # .get: config.json files older than config.model.preset lack it (the paper's network).
   return (model_config.get('preset') or 'paper',
           model_lib.changed_from_paper(_overrides(model_config)))
 
