@@ -135,6 +135,7 @@ class LoopState:
     """Epochs done, as a fraction (the x axis of the metrics)."""
     return self.epoch + self.step_in_epoch / steps_per_epoch
 
+
 def resume_or_init(s: Setup, ckpts: checkpoint_lib.Checkpoints, policy, network: dict,
                    steps_per_epoch: int, imported: Callable[[], dict] | None = None,
                    verbose: bool = False) -> LoopState:
