@@ -222,7 +222,7 @@ def choose_model(source: Source, preset: str | None = None, **overrides) -> mode
 def expected_shapes(model: model_lib.AlexNet,
                     size: int | None = None) -> dict[str, dict[str, tuple]]:
   """``{layer: {'kernel': shape, 'bias': shape}}`` of the model's params at input ``size``
-  (default: the preset's; fc6's input width follows it), computed without compute."""
+  (default: the preset's; fc6's input width follows it): shapes only, no compute."""
   size = input_size(model, size)
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   shapes = jax.eval_shape(model.init, jax.random.key(0), images)['params']
