@@ -10,7 +10,9 @@ torchvision ``.pth``/``.safetensors``, this project's own format) or a training 
 A file's preset (the network it holds) decides the preprocessing (``model.PRESET_INPUTS`` and
 ``model.preprocess``): the image resized to 256 (Caffe's models: warped to 256x256; the others:
 the shorter side), centre-cropped to the preset's input size, normalised as that preset was
-trained. A workdir is preprocessed as its run's evaluation was. ImageNet models (1000 outputs)
+trained; a file that records another input size (ours, of a run trained at another crop) is
+cropped to that, from an image resized in the same ratio. A workdir is preprocessed as its
+run's evaluation was, at the crop its checkpoint records. ImageNet models (1000 outputs)
 are labelled with ImageNet's synset ids and names; a workdir with its run's own classes.
 
 Folders are searched for image files recursively; images go through the network in batches.
@@ -54,12 +56,17 @@ class InputSpec:
   description: str
 
 
-def preset_inputs(name: str) -> InputSpec:
-  """A preset's published preprocessing (resize, crop, ``model.preprocess``)."""
+def preset_inputs(name: str, crop_size: int | None = None) -> InputSpec:
+  """A preset's published preprocessing (resize, crop, ``model.preprocess``); with
+  ``crop_size`` (weights made for another input than the preset's) the centre crop is that,
+  from an image resized in the preset's ratio of resize to crop."""
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   if name not in model_lib.PRESETS:
     raise UsageError(f'unknown preset {name!r}; use one of {", ".join(model_lib.PRESETS)}.')
-  fields = pretrained.preset_data_fields(name)
+  fields = dict(pretrained.preset_data_fields(name))
+  if crop_size and crop_size != fields['crop_size']:
+    fields['resize_size'] = round(fields['resize_size'] * crop_size / fields['crop_size'])
+    fields['crop_size'] = crop_size
   return InputSpec(fields['resize_size'], fields['crop_size'], fields['warp'],
                    functools.partial(model_lib.preprocess, name),
                    f'{name} preset ({"warp" if fields["warp"] else "shorter side"} to '
@@ -98,16 +105,18 @@ def load_weights(path: str, preset: str | None):
   if not os.path.exists(path):
     raise UsageError(f'--weights {path} does not exist; pass a weights file or a run\'s workdir.')
   try:
-    model, variables = weights.load(path, preset=preset)
+    model, variables, size, _ = weights.load_network(path, preset=preset)
   except weights.WeightsError as e:
     raise UsageError(str(e)) from e
-  # A run (its workdir, checkpoints/ or one checkpoint): its own classes and preprocessing.
+  # A run (its workdir, checkpoints/ or one checkpoint): its own classes and preprocessing,
+  # at the crop its checkpoint records (config.json's, unless a run's files were mixed).
   workdir = weights.run_dirs(path)[0] if os.path.isdir(path) else None
   if workdir:
     with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
       inputs = run_inputs(workdir, json.load(f))
+    inputs = dataclasses.replace(inputs, crop_size=size)
   else:
-    inputs = preset_inputs(pretrained.preset_name(model))
+    inputs = preset_inputs(pretrained.preset_name(model), size)
   names = class_names.for_model(model.num_classes, workdir)
   return model, variables, inputs, names
 

@@ -78,6 +78,8 @@ class Source:
   OIHW kernels, (out, in) dense, CHW flatten before fc6) or 'ours' (already our contract).
   ops: the file's layer sequence when the file records it (else None). bgr: the file's network
   takes BGR input (Caffe's). preset/overrides: the AlexNet the file names (our own files).
+  input_size: the square input the network's weights were made for, where the file records it
+  (our own files and exports, a run's checkpoints: the run's crop); None: the preset's.
   """
   path: str
   kind: str
@@ -87,6 +89,7 @@ class Source:
   bgr: bool = False
   preset: str | None = None
   overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  input_size: int | None = None
   notes: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -442,7 +445,17 @@ def read_onnx(path: str, use_package: bool | None = None) -> Source:
   bgr = order == 'BGR' if order else any(o.kind == 'lrn' for o in ops)
   notes = [f'declared input {g.input_dims}'] if g.input_dims else []
   return Source(path, 'onnx', named, ops=ops, bgr=bgr,
-                preset=g.metadata.get('alexnet_jax.preset'), notes=notes)
+                preset=g.metadata.get('alexnet_jax.preset'), notes=notes,
+                input_size=recorded_size(path, g.metadata.get('alexnet_jax.input_size')))
+
+
+def recorded_size(path: str, text: str | None) -> int | None:
+  """The input size a file's metadata records (None when it records none), checked."""
+  if text is None:
+    return None
+  if not text.isdigit() or int(text) < 1:
+    raise _error(path, f'its recorded input size {text!r} is not a positive whole number.')
+  return int(text)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ Formats (``load`` takes all; ``save`` writes ours, ``export_onnx`` ONNX):
 
 The network and layer sequence a file describes (convolution geometry, LRN constants and
 placement, pooling, class count from fc8) are read from it and checked against the preset;
-every tensor's shape is checked against the preset's, and the first that does not fit is named.
+every tensor's shape is checked against the preset's at the input size the file records (a
+run's crop; our files and exports record it), else at the preset's input size, and the first
+that does not fit is named.
 Errors a file can cause are :class:`WeightsError` (a ``ValueError``) with one sentence.
 """
 
@@ -30,7 +32,7 @@ import json
 import math
 import os
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,20 +92,25 @@ def model_of_record(record: dict[str, Any], **overrides) -> model_lib.AlexNet:
   return model_lib.preset(name, **{**differ, **overrides})
 
 
-def input_size(model: model_lib.AlexNet) -> int:
-  """The square input the model's preset takes (227, torchvision's 224)."""
-  return model_lib.PRESET_INPUTS[preset_of(model)[0]].input_size
+def input_size(model: model_lib.AlexNet, size: int | None = None) -> int:
+  """``size``, the square input a network's weights were made for where it is known (a run's
+  crop), else the one the model's preset takes (227, torchvision's 224)."""
+  return size or model_lib.PRESET_INPUTS[preset_of(model)[0]].input_size
 
 
-def layer_plan(model: model_lib.AlexNet) -> list[Op]:
-  """The model's layer sequence as :class:`Op` values (what a file's graph is checked against
-  and what :func:`export_onnx` writes). ReLUs and dropout are left out: every AlexNet has them
-  in the same places and inference ignores dropout."""
+_side = input_size  # for the functions whose ``input_size`` argument hides it
+
+
+def layer_plan(model: model_lib.AlexNet, size: int | None = None) -> list[Op]:
+  """The model's layer sequence at input ``size`` (default: the preset's) as :class:`Op`
+  values (what a file's graph is checked against and what :func:`export_onnx` writes). ReLUs
+  and dropout are left out: every AlexNet has them in the same places and inference ignores
+  dropout."""
   lrn = ([wf.lrn_op(model.lrn_size, model.lrn_k, model.lrn_alpha, model.lrn_beta,
                     model.lrn_groups)] if model.use_lrn else [])
   pool = [wf.pool_op('maxpool', 3, 2)]
   ops = []
-  size = input_size(model)
+  size = input_size(model, size)
   for name, features, kernel, stride, pad, groups in model.conv_layers:
     ops.append(wf.conv_op(features, kernel, stride, (pad,) * 4, groups))
     size = (size + 2 * pad - kernel) // stride + 1
@@ -162,10 +169,12 @@ def _labels(ops: list[Op]) -> list[str]:
   return labels
 
 
-def plan_differences(ops: list[Op], model: model_lib.AlexNet) -> list[str]:
-  """How a file's layer sequence differs from the model's (empty: none), at its input size."""
-  mine = layer_plan(model)
-  theirs = _normalised(ops, input_size(model))
+def plan_differences(ops: list[Op], model: model_lib.AlexNet,
+                     size: int | None = None) -> list[str]:
+  """How a file's layer sequence differs from the model's (empty: none), at input ``size``
+  (default: the preset's)."""
+  mine = layer_plan(model, size)
+  theirs = _normalised(ops, input_size(model, size))
   found = [f'{where}: the file has {a}, the preset {b}'
            for where, a, b in zip(_labels(mine), theirs, mine) if not _same(a, b)]
   if len(theirs) != len(mine):
@@ -196,7 +205,7 @@ def choose_model(source: Source, preset: str | None = None, **overrides) -> mode
   tried = []
   for name in names:
     model = model_lib.preset(name, **overrides)
-    differences = plan_differences(source.ops, model)
+    differences = plan_differences(source.ops, model, source.input_size)
     if not differences:
       return model
     tried.append((len(differences), name, differences))
@@ -210,9 +219,11 @@ def choose_model(source: Source, preset: str | None = None, **overrides) -> mode
 # --------------------------------------------------------------------------------------------
 # Layouts: the one place where tensors change layout (and are checked against the preset)
 # --------------------------------------------------------------------------------------------
-def expected_shapes(model: model_lib.AlexNet) -> dict[str, dict[str, tuple]]:
-  """``{layer: {'kernel': shape, 'bias': shape}}`` of the model's params (no compute)."""
-  size = input_size(model)
+def expected_shapes(model: model_lib.AlexNet,
+                    size: int | None = None) -> dict[str, dict[str, tuple]]:
+  """``{layer: {'kernel': shape, 'bias': shape}}`` of the model's params at input ``size``
+  (default: the preset's; fc6's input width follows it): shapes only, no compute."""
+  size = input_size(model, size)
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   shapes = jax.eval_shape(model.init, jax.random.key(0), images)['params']
   return jax.tree_util.tree_map(lambda s: tuple(s.shape), shapes)
@@ -258,8 +269,9 @@ def to_file_layout(name: str, kernel: np.ndarray, expected) -> np.ndarray:
 
 
 def to_params(source: Source, model: model_lib.AlexNet, bgr_to_rgb: bool = True) -> dict:
-  """The file's tensors as ``model``'s params (float32 numpy), each shape checked."""
-  expected = expected_shapes(model)
+  """The file's tensors as ``model``'s params (float32 numpy), each shape checked (at the
+  input size the file records, else the preset's)."""
+  expected = expected_shapes(model, source.input_size)
   name_of = {'oihw': ('weight', 'bias'), 'ours': ('kernel', 'bias')}[source.layout]
   params = {}
   for layer in LAYERS:
@@ -274,7 +286,7 @@ def to_params(source: Source, model: model_lib.AlexNet, bgr_to_rgb: bool = True)
       if array.shape != want:
         raise WeightsError(
             f"{source.path}: {layer}'s {key} has shape {array.shape} where the "
-            f"'{preset_of(model)[0]}' preset needs {want}.")
+            f"'{preset_of(model)[0]}' preset needs {want}" + _at_size(source.input_size))
       if part == 'kernel':
         array = from_file_layout(layer, array, expected, source.bgr and bgr_to_rgb,
                                  source.layout)
@@ -285,6 +297,11 @@ def to_params(source: Source, model: model_lib.AlexNet, bgr_to_rgb: bool = True)
 # --------------------------------------------------------------------------------------------
 # Our format and a run's checkpoints
 # --------------------------------------------------------------------------------------------
+def _at_size(size: int | None) -> str:
+  """The end of a shape error: the recorded input size the shapes were checked at."""
+  return f' at its recorded {size}x{size} input.' if size else '.'
+
+
 def _jsonable(value):
   return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
 
@@ -311,7 +328,8 @@ def read_ours(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str
     layer, _, part = name.partition('.')
     layers.setdefault(layer, {})[part] = array
   return Source(path, 'alexnet_jax', layers, layout='ours', preset=metadata.get('preset'),
-                overrides=overrides, bgr=metadata.get('channel_order') == 'BGR')
+                overrides=overrides, bgr=metadata.get('channel_order') == 'BGR',
+                input_size=wf.recorded_size(path, metadata.get('input_size')))
 
 
 def run_dirs(path: str) -> tuple[str, str | None]:
@@ -352,27 +370,63 @@ def _chosen_step_dir(path: str, workdir: str) -> str:
   return checkpoint_lib.step_directory(workdir, step)
 
 
-def _network_from_config_file(path: str, workdir: str) -> tuple[str, dict[str, Any]]:
-  """(preset, fields on top) of a checkpoint saved before checkpoints recorded their network
-  in their meta: from the run's config.json, the only record such a run has of it."""
+def _config_file(workdir: str) -> dict:
+  """The run's config.json as a dict (OSError, ValueError if it cannot be read)."""
+  from alexnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, checkpoint_lib.CONFIG_FILE), encoding='utf-8') as f:
+    config = json.load(f)
+  if not isinstance(config, dict):
+    raise ValueError(f'{checkpoint_lib.CONFIG_FILE} is not a JSON object')
+  return config
+
+
+def _crop_size(config: dict) -> int | None:
+  """A config.json's data.crop_size (None where it has none)."""
+  crop = config.get('data', {}).get('crop_size')  # .get: any config.json, however old
+  return int(crop) if crop else None
+
+
+def _network_from_config_file(path: str, workdir: str
+                              ) -> tuple[str, dict[str, Any], int | None]:
+  """(preset, fields on top, input size) of a checkpoint saved before checkpoints recorded
+  their network in their meta: from the run's config.json, the only record such a run has of
+  it (its data.crop_size; None, the preset's size, where it has none)."""
   from alexnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   try:
-    with open(os.path.join(workdir, checkpoint_lib.CONFIG_FILE), encoding='utf-8') as f:
-      model_config = json.load(f)['model']
-  except (OSError, ValueError) as e:
+    config = _config_file(workdir)
+    model_config = config['model']
+  except (OSError, ValueError, KeyError) as e:
     raise WeightsError(f'{path}: the checkpoint is of a version that did not record its '
                        f'network, and the run\'s {checkpoint_lib.CONFIG_FILE} cannot be read '
                        f'({type(e).__name__}); put it back.') from None
   # .get: config.json files older than config.model.preset lack it (the paper's network).
   return (model_config.get('preset') or 'paper',
-          model_lib.changed_from_paper(_overrides(model_config)))
+          model_lib.changed_from_paper(_overrides(model_config)), _crop_size(config))
+
+
+def _recorded_network(path: str, workdir: str, meta: dict
+                      ) -> tuple[str, dict[str, Any], int | None]:
+  """(preset, fields on top, input size) of a checkpoint: its meta's record of its network
+  and crop; a record without the crop takes config.json's, else the preset's size."""
+  record = meta.get('architecture')
+  if not isinstance(record, dict):
+    return _network_from_config_file(path, workdir)
+  name, differ = preset_of(model_of_record(record))
+  size = record.get('data.crop_size')
+  if size is None:
+    try:
+      size = _crop_size(_config_file(workdir))
+    except (OSError, ValueError):
+      size = None  # nothing records it: the preset's
+  return name, differ, int(size) if size else None
 
 
 def read_run(path: str) -> Source:
   """A run's params and network: ``path`` is its workdir, ``checkpoints/`` or
   ``checkpoints/<step>``; a workdir gives its best checkpoint by validation error (else the
   latest), as evaluation does. The network is the one the checkpoint records, as a resume
-  reads it (:func:`model_of_record`), not the run's config.json."""
+  reads it (:func:`model_of_record`), not the run's config.json; the input size is the run's
+  crop (``input_size``), which fc6's shape follows."""
   from alexnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   workdir, step_dir = run_dirs(path)
   if step_dir is None:
@@ -383,12 +437,9 @@ def read_run(path: str) -> Source:
   except Exception as e:  # pylint: disable=broad-except  (Orbax/tensorstore raise many kinds)
     raise WeightsError(f'{step_dir}: the checkpoint does not restore ({type(e).__name__}); '
                        'load another step.') from None
-  record = meta.get('architecture')
-  if isinstance(record, dict):
-    name, differ = preset_of(model_of_record(record))
-  else:
-    name, differ = _network_from_config_file(path, workdir)
-  return Source(step_dir, 'checkpoint', params, layout='ours', preset=name, overrides=differ)
+  name, differ, size = _recorded_network(path, workdir, meta)
+  return Source(step_dir, 'checkpoint', params, layout='ours', preset=name, overrides=differ,
+                input_size=size)
 
 
 def read(path: str) -> Source:
@@ -416,13 +467,24 @@ def read(path: str) -> Source:
 # --------------------------------------------------------------------------------------------
 # The API
 # --------------------------------------------------------------------------------------------
-def _load(path, bgr_to_rgb: bool, preset: str | None, **overrides):
-  """(model, variables, the channel order the model takes)."""
+class Network(NamedTuple):
+  """A loaded network: what :func:`load_network` returns."""
+  model: model_lib.AlexNet
+  variables: dict  # {'params': ...}
+  input_size: int  # the square input its weights were made for (a run's crop; else the preset's)
+  channel_order: str  # of the input the params take: 'RGB', or 'BGR' (bgr_to_rgb=False)
+
+
+def load_network(path: str, bgr_to_rgb: bool = True, preset: str | None = None,
+                 **overrides) -> Network:
+  """:func:`load`'s model and variables with the input size the weights were made for (what
+  :func:`save`, :func:`export_onnx` and preprocessing need) and the input channel order."""
   source = read(os.fspath(path))
   model = choose_model(source, preset, **overrides)
   params = to_params(source, model, bgr_to_rgb)
   order = 'BGR' if source.bgr and not bgr_to_rgb else 'RGB'
-  return model, {'params': jax.tree_util.tree_map(jnp.asarray, params)}, order
+  return Network(model, {'params': jax.tree_util.tree_map(jnp.asarray, params)},
+                 input_size(model, source.input_size), order)
 
 
 def load(path: str, bgr_to_rgb: bool = True, preset: str | None = None,
@@ -433,9 +495,11 @@ def load(path: str, bgr_to_rgb: bool = True, preset: str | None = None,
   the preset says (``alexnet_jax.model.preprocess``). With ``bgr_to_rgb`` (the default) a
   Caffe/ONNX-zoo network takes RGB images (conv1's input channels reversed); with False the
   BGR order it was trained with. ``preset`` names the network the file must be (checked);
-  ``overrides`` set other model fields (``dtype``, speed options).
+  ``overrides`` set other model fields (``dtype``, speed options). A run trained at another
+  crop than its preset's input (and our files and exports of it) takes images of that size:
+  :func:`load_network` says which.
   """
-  return _load(path, bgr_to_rgb, preset, **overrides)[:2]
+  return load_network(path, bgr_to_rgb, preset, **overrides)[:2]
 
 
 def _numpy_params(variables) -> dict:
@@ -443,14 +507,18 @@ def _numpy_params(variables) -> dict:
   return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
 
 
-def _check_params(model, params, what: str) -> None:
-  expected = expected_shapes(model)
+def _check_params(model, params, what: str, size: int | None) -> dict:
+  """The model's expected shapes at input ``size``; a ValueError where ``params`` differ."""
+  expected = expected_shapes(model, size)
   for layer in LAYERS:
     for part in ('kernel', 'bias'):
       shape = tuple(params[layer][part].shape)
       if shape != expected[layer][part]:
+        side = input_size(model, size)
         raise ValueError(f"{what}: {layer}'s {part} has shape {shape} but the model's is "
-                         f'{expected[layer][part]}.')
+                         f'{expected[layer][part]} at a {side}x{side} input; pass the '
+                         'input_size the params were made for.')
+  return expected
 
 
 def _write_atomically(path: str, write) -> None:
@@ -466,30 +534,36 @@ def _write_atomically(path: str, write) -> None:
       os.remove(tmp)
 
 
-def save(path: str, model: model_lib.AlexNet, variables, channel_order: str = 'RGB') -> None:
+def save(path: str, model: model_lib.AlexNet, variables, channel_order: str = 'RGB',
+         input_size: int | None = None) -> None:  # pylint: disable=redefined-outer-name
   """Writes our format: safetensors (float32, our layout, tensors ``conv1.kernel`` ...) with
   metadata ``format='alexnet_jax'``, ``preset``, ``overrides`` (JSON of the network fields
-  that differ from the preset) and ``channel_order`` (of the input the params take: 'RGB', or
+  that differ from the preset), ``channel_order`` (of the input the params take: 'RGB', or
   'BGR' for a Caffe network loaded with ``bgr_to_rgb=False``, which :func:`load` then reverses
-  unless told not to). :func:`load` reads it with nothing but the base install."""
+  unless told not to) and ``input_size`` (the square input the params were made for: the
+  argument, default the preset's; :func:`load_network` gives a run's). :func:`load` reads it
+  with nothing but the base install."""
   params = _numpy_params(variables)
-  _check_params(model, params, os.fspath(path))
+  _check_params(model, params, os.fspath(path), input_size)
   name, differ = preset_of(model)
   tensors = {f'{layer}.{part}': params[layer][part] for layer in LAYERS
              for part in ('kernel', 'bias')}
   metadata = {'format': FORMAT_NAME, 'preset': name, 'channel_order': channel_order,
-              'overrides': json.dumps({f: _jsonable(v) for f, v in differ.items()})}
+              'overrides': json.dumps({f: _jsonable(v) for f, v in differ.items()}),
+              'input_size': str(_side(model, input_size))}
   _write_atomically(path, lambda tmp: wf.write_safetensors(tmp, tensors, metadata))
 
 
-def export_onnx(path: str, model: model_lib.AlexNet, variables,
-                channel_order: str = 'RGB') -> None:
+def export_onnx(path: str, model: model_lib.AlexNet, variables, channel_order: str = 'RGB',
+                input_size: int | None = None) -> None:  # pylint: disable=redefined-outer-name
   """Writes the model as an ONNX graph (opset 13) that ONNX Runtime runs (needs ``onnx``).
 
-  Input ``images``: float32 NCHW ``(N, 3, S, S)``, S the preset's input size, in the channel
-  order the params take (RGB after :func:`load`; ``channel_order`` records it in the graph's
-  metadata, 'BGR' for params loaded with ``bgr_to_rgb=False``), preprocessed as the preset
-  says; output ``logits`` ``(N, num_classes)`` (no softmax). The metadata names the preset.
+  Input ``images``: float32 NCHW ``(N, 3, S, S)``, S ``input_size`` (the square input the
+  params were made for: default the preset's; :func:`load_network` gives a run's), in the
+  channel order the params take (RGB after :func:`load`; ``channel_order`` records it in the
+  graph's metadata, 'BGR' for params loaded with ``bgr_to_rgb=False``), preprocessed as the
+  preset says; output ``logits`` ``(N, num_classes)`` (no softmax). The metadata names the
+  preset and S.
   """
   try:
     from alexnet_jax import onnx_export  # pylint: disable=g-import-not-at-top  (needs onnx)
@@ -497,25 +571,27 @@ def export_onnx(path: str, model: model_lib.AlexNet, variables,
     raise WeightsError(f"{path}: exporting to ONNX needs the 'onnx' package: pip install "
                        "'alexnet_jax[onnx]'.") from None
   params = _numpy_params(variables)
-  _check_params(model, params, os.fspath(path))
-  expected = expected_shapes(model)
+  expected = _check_params(model, params, os.fspath(path), input_size)
   tensors = {layer: (to_file_layout(layer, params[layer]['kernel'], expected),
                      params[layer]['bias']) for layer in LAYERS}
-  proto = onnx_export.build(layer_plan(model), tensors, input_size(model),
+  side = _side(model, input_size)
+  proto = onnx_export.build(layer_plan(model, side), tensors, side,
                             {'alexnet_jax.preset': preset_of(model)[0],
-                             'alexnet_jax.channel_order': channel_order})
+                             'alexnet_jax.channel_order': channel_order,
+                             'alexnet_jax.input_size': str(side)})
   _write_atomically(path, lambda tmp: onnx_export.write(proto, tmp))
 
 
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
-def table(model: model_lib.AlexNet, variables) -> str:
-  """One line per tensor: name, shape, count, mean and std; then the total."""
+def table(model: model_lib.AlexNet, variables, size: int | None = None) -> str:
+  """The preset and input ``size`` (default: the preset's), then one line per tensor: name,
+  shape, count, mean and std; then the total."""
   params = _numpy_params(variables)
   name, differ = preset_of(model)
-  lines = [f"preset '{name}'" + (f', with {differ}' if differ else '')
-           + f', input {input_size(model)}x{input_size(model)}',
+  side = input_size(model, size)
+  lines = [f"preset '{name}'" + (f', with {differ}' if differ else '') + f', input {side}x{side}',
            f"{'tensor':<12} {'shape':<20} {'count':>10} {'mean':>12} {'std':>12}"]
   total = 0
   for layer in LAYERS:
@@ -557,10 +633,10 @@ def main(argv: list[str] | None = None) -> int:
           os.path.splitext(args.output)[1].lower())
       if writer is None:
         raise WeightsError(f'{args.output}: write .safetensors (our format) or .onnx.')
-    model, variables, order = _load(args.source, not args.keep_bgr, args.preset)
-    print(table(model, variables) + f'\ninput channel order {order}')
+    model, variables, size, order = load_network(args.source, not args.keep_bgr, args.preset)
+    print(table(model, variables, size) + f'\ninput channel order {order}')
     if writer is not None:
-      writer(args.output, model, variables, order)
+      writer(args.output, model, variables, order, size)
       print(f'wrote {args.output}')
   except (WeightsError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -120,8 +120,18 @@ def test_torchvision_ten_crop_text_output(tmp_path, capsys):
     assert name == names[index]
 
 
+def _shorter_side_centre(resize, crop):
+  """GRACE (512 wide, 600 high) with its shorter side resized to ``resize``, the central
+  ``crop`` square (torchvision's rounding of the offsets)."""
+  height = int(resize * 600 / 512)
+  top, left = round((height - crop) / 2), round((resize - crop) / 2)
+  image = np.asarray(Image.open(GRACE).convert('RGB').resize((resize, height), Image.BILINEAR))
+  return image[top:top + crop, left:left + crop]
+
+
 def test_a_runs_workdir_uses_its_own_classes_and_preprocessing(tmp_path_factory, capsys):
-  workdir, _ = tiny.preset_size_run(tmp_path_factory)
+  """The tiny run was trained at 67 px, not its preset's 227: predict takes its crop."""
+  workdir, _ = tiny.reference_run(tmp_path_factory)
   code, out, err = _run(capsys, '--weights', workdir, '--json', GRACE)
   assert code == 0, err
   entry = json.loads(out)['predictions'][0]
@@ -129,13 +139,11 @@ def test_a_runs_workdir_uses_its_own_classes_and_preprocessing(tmp_path_factory,
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
     data = json.load(f)['data']
   # The run's evaluation: the photo's shorter side (512 wide, 600 high) to the run's resize
-  # size (256: 256 x 300), its central crop (227: rows 36.., columns 14..; torchvision's
-  # rounding), the run's mean in 0..255 units.
+  # size (72: 72 x 84), its central crop (67: rows 8.., columns 2..), the run's mean in 0..255
+  # units.
   resize, crop = data['resize_size'], data['crop_size']
-  height = int(resize * 600 / 512)
-  top, left = round((height - crop) / 2), round((resize - crop) / 2)
-  image = np.asarray(Image.open(GRACE).convert('RGB').resize((resize, height), Image.BILINEAR))
-  pixels = image[top:top + crop, left:left + crop].astype(np.float32)
+  assert crop == tiny.SMALLEST_CROP != model_lib.PRESET_INPUTS['paper'].input_size
+  pixels = _shorter_side_centre(resize, crop).astype(np.float32)
   x = (pixels / 255.0 - np.asarray(data['mean_rgb'], np.float32)) * data['input_scale']
   probs = np.asarray(jax.nn.softmax(model.apply(variables, x[None])))[0]
   names = class_names.for_data_config(data)
@@ -143,6 +151,22 @@ def test_a_runs_workdir_uses_its_own_classes_and_preprocessing(tmp_path_factory,
   order = np.argsort(-probs)[:tiny.NUM_CLASSES]
   assert [t['name'] for t in entry['top']] == [names[i] for i in order]
   np.testing.assert_allclose([t['probability'] for t in entry['top']], probs[order], rtol=1e-4)
+
+
+def test_our_file_of_a_67px_run_is_cropped_at_its_recorded_size(tmp_path_factory, tmp_path,
+                                                                capsys):
+  """Our safetensors of a run trained at 67 px: the paper preset's preprocessing at 67, the
+  photo resized in the preset's ratio (256 to 227: 76 for 67)."""
+  workdir, _ = tiny.reference_run(tmp_path_factory)
+  model, variables, size, _ = weights.load_network(workdir)
+  path = str(tmp_path / 'run.safetensors')
+  weights.save(path, model, variables, input_size=size)
+  code, out, err = _run(capsys, '--weights', path, '--json', GRACE)
+  assert code == 0, err
+  result = json.loads(out)
+  assert 'shorter side to 76, centre 67' in result['preprocessing']
+  probs = _expected(model, variables, 'paper', _shorter_side_centre(76, 67)[None])
+  _check_top(result['predictions'][0], probs[0], class_names.numbered(tiny.NUM_CLASSES))
 
 
 @pytest.mark.parametrize('case', ['missing photo', 'no images', 'bad weights', 'wrong preset'])

@@ -266,23 +266,64 @@ def test_export_runs_in_onnx_runtime_with_our_logits(tmp_path, zoo, torchvision_
   assert again == model and same_params(reloaded, variables)
 
 
-def test_a_runs_checkpoint_exports_to_onnx(tmp_path_factory, tmp_path):
+def _run_logits(workdir, step, images):
+  """The tiny run's own network on ``images``, its params read without alexnet_jax.weights."""
   import tiny_config as tiny  # pylint: disable=g-import-not-at-top
   from alexnet_jax import trainer  # pylint: disable=g-import-not-at-top
-  workdir, _ = tiny.preset_size_run(tmp_path_factory)
+  state, _ = tiny.restore_checkpoint(workdir, step)
+  run_model = trainer.build_model(tiny.get_config(), tiny.NUM_CLASSES)
+  return np.asarray(jax.jit(run_model.apply)({'params': state['params']}, images))
+
+
+def test_a_runs_checkpoint_exports_to_onnx_at_its_crop(tmp_path_factory, tmp_path):
+  """A run trained at a crop other than its preset's input (67, not 227) loads, and exports
+  to an ONNX graph that takes its crop and gives the run's logits in ONNX Runtime."""
+  import tiny_config as tiny  # pylint: disable=g-import-not-at-top
+  workdir, _ = tiny.reference_run(tmp_path_factory)
   step = tiny.checkpoint_steps(workdir)[-1]
   assert weights.load(workdir)[0].num_classes == tiny.NUM_CLASSES  # the best (or latest) one
-  model, variables = weights.load(os.path.join(workdir, 'checkpoints', str(step)))
-  path = tmp_path / 'run.onnx'
-  weights.export_onnx(path, model, variables)
-  # The run's own network and params, read without alexnet_jax.weights.
-  state, _ = tiny.restore_checkpoint(workdir, step)
-  config = tiny.get_config()
-  run_model = trainer.build_model(config, tiny.NUM_CLASSES)
+  model, variables, size, order = weights.load_network(
+      os.path.join(workdir, 'checkpoints', str(step)))
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
-    images = rgb_images(json.load(f)['data']['crop_size'], n=2, seed=4)  # the run's own size
-  run_logits = np.asarray(jax.jit(run_model.apply)({'params': state['params']}, images))
-  assert_logits_close(ort_run(path, nchw(images)), run_logits)
+    crop = json.load(f)['data']['crop_size']
+  assert size == crop == tiny.SMALLEST_CROP != weights.input_size(model) and order == 'RGB'
+  path = tmp_path / 'run.onnx'
+  with pytest.raises(ValueError, match="fc6's kernel.*pass the input_size"):
+    weights.export_onnx(path, model, variables)  # at the preset's 227: fc6 does not fit
+  assert not path.exists()
+  weights.export_onnx(path, model, variables, input_size=size)
+  assert _session(str(path)).get_inputs()[0].shape == ['N', 3, crop, crop]
+  images = rgb_images(crop, n=2, seed=4)
+  assert_logits_close(ort_run(path, nchw(images)), _run_logits(workdir, step, images))
+  again = weights.load_network(path)  # the export records the size and reads back
+  assert again.model == model and again.input_size == crop
+  assert same_params(again.variables, variables)
+
+
+def test_a_runs_weights_round_trip_through_our_format_with_their_size(tmp_path_factory,
+                                                                       tmp_path, capsys):
+  """``convert`` of a 67-px run writes its size into our safetensors; the file loads at that
+  size, converts on to ONNX at it, and a recorded size fc6 does not fit is one clear error."""
+  import tiny_config as tiny  # pylint: disable=g-import-not-at-top
+  workdir, _ = tiny.reference_run(tmp_path_factory)
+  ours, exported = tmp_path / 'run.safetensors', tmp_path / 'run.onnx'
+  assert weights.main(['convert', workdir, str(ours)]) == 0
+  assert f'input {tiny.SMALLEST_CROP}x{tiny.SMALLEST_CROP}' in capsys.readouterr().out
+  tensors, metadata = wf.read_safetensors(str(ours))
+  assert metadata['input_size'] == str(tiny.SMALLEST_CROP) and metadata['preset'] == 'paper'
+  run = weights.load_network(workdir)
+  loaded_back = weights.load_network(ours)
+  assert loaded_back.model == run.model and loaded_back.input_size == tiny.SMALLEST_CROP
+  assert same_params(loaded_back.variables, run.variables)
+  assert weights.main(['convert', str(ours), str(exported)]) == 0
+  images = rgb_images(tiny.SMALLEST_CROP, n=2, seed=5)
+  assert_logits_close(ort_run(exported, nchw(images)),
+                      our_logits(run.model, run.variables, images))
+  wrong = tmp_path / 'wrong.safetensors'
+  wf.write_safetensors(str(wrong), tensors, {**metadata, 'input_size': '227'})
+  with pytest.raises(weights.WeightsError, match=r"fc6's kernel has shape \(256, 4096\) where "
+                     r"the 'paper' preset needs \(9216, 4096\) at its recorded 227x227 input"):
+    weights.load(wrong)
 
 
 def _rewrite_json(path, change):
@@ -294,25 +335,36 @@ def _rewrite_json(path, change):
 
 
 def test_a_run_loads_the_network_its_checkpoint_records(tmp_path_factory, tmp_path):
-  """A run's network comes from the checkpoint's own record, as a resume reads it: a
-  config.json that names another network (same shapes) changes nothing. A checkpoint of a
-  version before that record (no 'architecture' in its meta) takes it from config.json, and
-  without a readable config.json is one clear error."""
+  """A run's network and input size come from the checkpoint's own record, as a resume reads
+  it: a config.json that names another network and crop (same shapes) changes nothing. A
+  record without the crop takes config.json's, then the preset's (where fc6 of a 67-px run does
+  not fit: the shape error). A checkpoint of a version before that record (no 'architecture'
+  in its meta) takes both from config.json, and without a readable config.json is one clear
+  error."""
   import tiny_config as tiny  # pylint: disable=g-import-not-at-top
-  reference, _ = tiny.preset_size_run(tmp_path_factory)
+  reference, _ = tiny.reference_run(tmp_path_factory)
   workdir = tiny.copy_workdir(reference, str(tmp_path / 'run'))  # small files are copies
   step = tiny.checkpoint_steps(workdir)[-1]
   step_dir = os.path.join(workdir, 'checkpoints', str(step))
+  meta_path = os.path.join(step_dir, 'meta', 'metadata')
   state, _ = tiny.restore_checkpoint(workdir, step)
   config_path = os.path.join(workdir, 'config.json')
-  _rewrite_json(config_path, lambda c: c['model'].update(preset='caffenet'))
-  model, variables = weights.load(step_dir)
+  other_crop = tiny.SMALLEST_CROP + 3  # conv1 still 15x15: the same shapes
+  _rewrite_json(config_path, lambda c: (c['model'].update(preset='caffenet'),
+                                        c['data'].update(crop_size=other_crop)))
+  model, variables, size, _ = weights.load_network(step_dir)
   assert model == model_lib.preset('paper', num_classes=tiny.NUM_CLASSES)
-  assert same_params(variables['params'], state['params'])
-  _rewrite_json(os.path.join(step_dir, 'meta', 'metadata'), lambda m: m.pop('architecture'))
-  old_model, old_variables = weights.load(step_dir)
+  assert size == tiny.SMALLEST_CROP and same_params(variables['params'], state['params'])
+  _rewrite_json(meta_path, lambda m: m['architecture'].pop('data.crop_size'))
+  assert weights.load_network(step_dir)[2] == other_crop
+  _rewrite_json(config_path, lambda c: c['data'].pop('crop_size'))
+  with pytest.raises(weights.WeightsError, match="fc6's kernel has shape .* 'paper' preset needs"):
+    weights.load(step_dir)
+  _rewrite_json(config_path, lambda c: c['data'].update(crop_size=other_crop))
+  _rewrite_json(meta_path, lambda m: m.pop('architecture'))
+  old_model, old_variables, old_size, _ = weights.load_network(step_dir)
   assert old_model == model_lib.preset('caffenet', num_classes=tiny.NUM_CLASSES)
-  assert same_params(old_variables['params'], state['params'])
+  assert old_size == other_crop and same_params(old_variables['params'], state['params'])
   os.remove(config_path)
   with pytest.raises(weights.WeightsError, match='did not record its network.*config.json'):
     weights.load(step_dir)

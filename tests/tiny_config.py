@@ -297,20 +297,6 @@ def reference_run(tmp_path_factory) -> tuple[str, Result]:
   return _run_once(id(s), 'reference', ())
 
 
-# The paper's input; alexnet_jax.weights (and so predict and the ONNX export) takes a network
-# only at its preset's input size, so the tests of a run's weights need a run at this size.
-PRESET_CROP, PRESET_RESIZE = 227, 256
-
-
-def preset_size_run(tmp_path_factory) -> tuple[str, Result]:
-  """(workdir, result) of the tiny run at 227x227, stopped at its first checkpoint (step 2):
-  a run's weights as predict and the exporters read them. Runs once per session; read only."""
-  s = session(tmp_path_factory)
-  return _run_once(id(s), 'preset_size', (
-      f'--config.data.crop_size={PRESET_CROP}', f'--config.data.resize_size={PRESET_RESIZE}',
-      f'--config.max_steps={CHECKPOINT_EVERY}'))
-
-
 def copy_workdir(source: str, destination: str) -> str:
   """A copy of a run's workdir to continue in; large checkpoint files are hard links.
 
