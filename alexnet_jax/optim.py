@@ -253,15 +253,13 @@ LR_POLICIES = ('plateau', 'steps', 'constant')
 def make_lr_policy(config_optim) -> PlateauPolicy | StepsPolicy | ConstantPolicy:
   """The policy named by ``config.optim.lr_policy`` ('plateau', 'steps' or 'constant')."""
   name = config_optim.lr_policy
-  get = config_optim.get
+  o = config_optim
   if name == 'plateau':
-    return PlateauPolicy(patience=int(get('plateau_patience', 1)),
-                         factor=float(get('plateau_factor', 0.1)),
-                         max_decays=int(get('plateau_max_decays', 3)),
-                         min_delta=float(get('plateau_min_delta', 0.0)))
+    return PlateauPolicy(patience=int(o.plateau_patience), factor=float(o.plateau_factor),
+                         max_decays=int(o.plateau_max_decays),
+                         min_delta=float(o.plateau_min_delta))
   if name == 'steps':
-    return StepsPolicy(boundaries=tuple(get('step_epochs', ())),
-                       factor=float(get('step_factor', 0.1)))
+    return StepsPolicy(boundaries=tuple(o.step_epochs), factor=float(o.step_factor))
   if name == 'constant':
     return ConstantPolicy()
   raise ValueError(f'Unknown config.optim.lr_policy {name!r}; use one of {LR_POLICIES}.')
