@@ -27,6 +27,7 @@ layout restores under any other.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -158,7 +159,7 @@ def state_specs(layout: Layout, state: steps_lib.TrainState,
 
 def check_batch(global_batch_size: int, mesh: Mesh, layout: Layout) -> None:
   """Refuses a global batch that does not divide over the devices the batch is split on."""
-  shards = int(np.prod([mesh.shape[a] for a in _spec_axes(layout.batch_spec)]))
+  shards = math.prod(mesh.shape[a] for a in _spec_axes(layout.batch_spec))
   if global_batch_size % shards:
     raise LayoutError(
         f'The global batch size {global_batch_size} does not divide over the {shards} devices '

@@ -188,7 +188,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
 
 def state_bytes(abstract_state) -> int:
   """Bytes of a train state: about the size of one checkpoint (Orbax writes it uncompressed)."""
-  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+  return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize
              for x in jax.tree_util.tree_leaves(abstract_state))
 
 

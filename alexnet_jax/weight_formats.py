@@ -14,6 +14,7 @@ size load. The field numbers below are those of Caffe's ``caffe.proto`` and ONNX
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -136,7 +137,7 @@ def _blob(span: pw.Span) -> np.ndarray:
   data = pw.repeated_floats(blob, 5)
   if not data.size and 8 in blob:
     data = pw.repeated_floats(blob, 8, '<f8').astype(np.float32)
-  if data.size != int(np.prod(shape)):
+  if data.size != math.prod(shape):
     raise pw.WireError(f'a blob of shape {shape} holds {data.size} values')
   return data.reshape(shape)
 
@@ -236,7 +237,7 @@ def _wire_tensor(span: pw.Span) -> tuple[str, np.ndarray]:
     values = pw.repeated_floats(t, 10, '<f8')
   else:  # int32_data (5) or int64_data (7), packed or not
     values = np.array([pw.signed(v) for v in pw.repeated_ints(t, 7 if 7 in t else 5)], dtype)
-  if values.size != int(np.prod(dims)):
+  if values.size != math.prod(dims):
     raise pw.WireError(f'a tensor of shape {dims} holds {values.size} values')
   return pw.text(t, 8), values.astype(dtype, copy=False).reshape(dims)
 
@@ -488,7 +489,7 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
       if dtype is None:
         raise ValueError(f"tensor '{name}' has the unsupported dtype {entry['dtype']}")
       begin, end = entry['data_offsets']
-      if 8 + size + end > len(data) or end - begin != int(np.prod(entry['shape'])) * np.dtype(dtype).itemsize:
+      if 8 + size + end > len(data) or end - begin != math.prod(entry['shape']) * np.dtype(dtype).itemsize:
         raise ValueError(f"tensor '{name}' runs past the end of the file")
       raw = np.frombuffer(data, dtype, (end - begin) // np.dtype(dtype).itemsize, 8 + size + begin)
       if entry['dtype'] == 'BF16':  # bfloat16 is the top half of a float32
