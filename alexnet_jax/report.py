@@ -1,7 +1,7 @@
 """What the user sees of a run: metrics.jsonl, TensorBoard events, progress bars and plots.
 
 Host-side only: no JAX computation, and no TensorFlow import (TensorBoard event files are
-written by tensorboardX).
+written with TensorBoard's own protos and record framing).
 
 Files under the run's ``workdir``::
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -75,17 +76,44 @@ def read_metrics(workdir: str | os.PathLike, max_step: int | None = None) -> lis
 
 
 # --------------------------------------------------------------------------------------------
-# TensorBoard event files (tensorboardX: no TensorFlow)
+# TensorBoard event files (TensorBoard's own protos and record framing: no TensorFlow, and
+# not tensorboardX, which imports torch whenever it is installed: seconds per process)
 # --------------------------------------------------------------------------------------------
-def _event_writer(logdir: str, purge_step: int | None):
-  """A tensorboardX writer; ``purge_step`` marks a restart, so that TensorBoard hides the older
-  files' events at steps >= it."""
-  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  # tensorboardX names files by the second and the host, and TensorBoard reads a directory's
-  # files in name order: two sessions of one second (a quick resume, or a test) need a suffix
-  # that sorts in time order too (zero-padded nanoseconds; the pid keeps names unique).
-  return SummaryWriter(logdir, purge_step=purge_step, flush_secs=3600,
-                       filename_suffix=f'.{time.time_ns():020d}.{os.getpid()}')
+class _EventFile:
+  """Scalars into one TensorBoard event file of ``logdir``; ``purge_step`` marks a restart, so
+  that TensorBoard hides the older files' events at steps >= it."""
+
+  def __init__(self, logdir: str, purge_step: int | None):
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+    os.makedirs(logdir, exist_ok=True)
+    # TensorBoard reads a directory's files in name order: two sessions of one second (a quick
+    # resume, or a test) need names that sort in time order (zero-padded nanoseconds; the host
+    # and pid keep names unique).
+    name = (f'events.out.tfevents.{time.time_ns():020d}.{socket.gethostname()}.'
+            f'{os.getpid()}')
+    self._records = RecordWriter(open(os.path.join(logdir, name), 'wb'))  # pylint: disable=consider-using-with
+    now = time.time()
+    self._add(event_pb2.Event(wall_time=now, file_version='brain.Event:2'))
+    if purge_step is not None:
+      self._add(event_pb2.Event(wall_time=now, step=purge_step, session_log=event_pb2.SessionLog(
+          status=event_pb2.SessionLog.START)))
+
+  def _add(self, event) -> None:
+    self._records.write(event.SerializeToString())
+
+  def add_scalar(self, tag: str, value: float, step: int, walltime: float) -> None:
+    value = self._summary_pb2.Summary.Value(tag=tag, simple_value=value)
+    self._add(self._event_pb2.Event(wall_time=walltime, step=step,
+                                    summary=self._summary_pb2.Summary(value=[value])))
+
+  def flush(self) -> None:
+    self._records.flush()
+
+  def close(self) -> None:
+    self._records.close()
 
 
 class MetricsWriter:
@@ -131,8 +159,8 @@ class MetricsWriter:
           f.write(json.dumps(record) + '\n')
       os.replace(tmp, self.metrics_path)
     self._file = open(self.metrics_path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
-    self._events = _event_writer(os.path.join(self.workdir, TENSORBOARD_DIR),
-                                 None if resume_step is None else int(resume_step) + 1)
+    self._events = _EventFile(os.path.join(self.workdir, TENSORBOARD_DIR),
+                               None if resume_step is None else int(resume_step) + 1)
 
   def write(self, event: str, step: int, epoch: float, scalars: Mapping[str, Any]) -> dict:
     """Append one record and return it (also when disabled, then writing nothing)."""

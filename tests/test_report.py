@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 import subprocess
 import sys
 
@@ -185,8 +186,8 @@ def test_event_files_of_one_second_sort_in_the_order_they_were_opened(tmp_path):
   opened = []
   for i in range(12):
     before = set(os.listdir(tmp_path))
-    writer = report._event_writer(str(tmp_path), purge_step=None)  # pylint: disable=protected-access
-    writer.add_scalar('x', float(i), i)
+    writer = report._EventFile(str(tmp_path), purge_step=None)  # pylint: disable=protected-access
+    writer.add_scalar('x', float(i), i, walltime=time.time())
     writer.close()
     opened += sorted(set(os.listdir(tmp_path)) - before)
   assert sorted(opened) == opened and len(set(opened)) == 12
