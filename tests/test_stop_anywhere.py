@@ -190,6 +190,7 @@ def test_the_plateau_policy_with_evaluations_every_two_epochs_resumes_by_value(
   _assert_same_end(workdir, reference)
   lrs = {r['step']: r['lr'] for r in report.read_metrics(reference) if r['event'] == 'train'}
   print('plateau reference rates by step:', lrs)  # a report: whether the rate was divided
+  print('plateau reference policy at the end:', _final(reference)[1][1]['lr_policy'])
 
 
 @pytest.mark.timeout(600)
