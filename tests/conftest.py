@@ -32,6 +32,7 @@ def pytest_report_header(config):
 # subprocess helpers of tiny_config (a user's command line).
 # --------------------------------------------------------------------------------------------
 import dataclasses  # noqa: E402
+import json  # noqa: E402
 import signal  # noqa: E402
 
 import pytest  # noqa: E402
@@ -49,6 +50,18 @@ def tiny_session(tmp_path_factory) -> tiny_config.Session:
 def tiny_reference(tiny_session, tmp_path_factory):
   """(workdir, result) of the uninterrupted subprocess tiny run; runs once. Read it only."""
   return tiny_config.reference_run(tmp_path_factory)
+
+
+def _steps_key(config) -> str:
+  """What trainer.setup builds the sharded steps from: the network and its input (model, data),
+  the optimizer's transformation, the mesh and layout, the batch sizes."""
+  optim = config.optim
+  return json.dumps({
+      'model': config.model.to_dict(), 'data': config.data.to_dict(),
+      'mesh': config.mesh.to_dict(), 'batch_size': config.batch_size,
+      'eval_batch_size': config.eval.batch_size,
+      'tx': [optim.learning_rate, optim.momentum, optim.weight_decay, optim.decay_biases]},
+      sort_keys=True, default=repr)
 
 
 class InProcessRuns:
@@ -70,7 +83,15 @@ class InProcessRuns:
   def setup(self, config):
     key = config.to_json_best_effort(sort_keys=True)
     if key not in self._setups:
-      self._setups[key] = self._real_setup(config)
+      s = self._real_setup(config)
+      # Configs that differ only in the loop (epochs, policy, logging, evaluation schedule)
+      # share the jitted steps, and so their compilations: make_steps is a function of the
+      # fields in _steps_key alone.
+      for other in self._setups.values():
+        if _steps_key(other.config) == _steps_key(config):
+          s = dataclasses.replace(s, steps=other.steps)
+          break
+      self._setups[key] = s
     return self._setups[key]
 
   def run(self, config, workdir, monkeypatch, stop_after_train_steps: int | None = None,

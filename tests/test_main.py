@@ -25,6 +25,29 @@ def _records(workdir, event):
   return [r for r in tiny.read_metrics(workdir) if r['event'] == event]
 
 
+@pytest.fixture(scope='module')
+def continued_runs(tiny_session, tiny_reference):
+  """The three command lines that continue the reference run, each a process of its own forked
+  from one that imported JAX and TensorFlow once (tiny_config.Session.run_forked): a resume
+  for one more epoch in a copy of the workdir, ``--mode=eval`` of the workdir and the same
+  command on a 3-class folder. What the tests compare with is read before any of them runs."""
+  ref_dir, _ = tiny_reference
+  resumed = tiny.copy_workdir(ref_dir, os.path.join(tiny_session.new_dir('resume'), 'run'))
+  folder = os.path.join(tiny_session.new_dir('three_classes'), 'images')
+  shutil.copytree(tiny_session.folder, folder)
+  for split in ('train', 'val'):
+    shutil.copytree(os.path.join(folder, split, 'class1'), os.path.join(folder, split, 'class2'))
+  with open(os.path.join(ref_dir, 'config.json'), encoding='utf-8') as f:
+    before = {'listing': sorted(os.listdir(ref_dir)), 'config': f.read(),
+              'steps': tiny.checkpoint_steps(ref_dir)}
+  resume, evaluation, refused = tiny_session.run_forked([
+      tiny_session.command(resumed, '--config.num_epochs=3'),
+      tiny_session.command(ref_dir, '--mode=eval'),
+      tiny_session.command(ref_dir, f'--config.data.folder={folder}'),
+  ], timeout=900)
+  return {'before': before, 'resume': (resumed, resume), 'eval': evaluation, 'refused': refused}
+
+
 @pytest.mark.timeout(600)
 def test_run_writes_checkpoints_metrics_tensorboard_plots_and_config(tiny_reference):
   workdir, result = tiny_reference
@@ -106,11 +129,11 @@ def test_run_writes_checkpoints_metrics_tensorboard_plots_and_config(tiny_refere
 
 
 @pytest.mark.timeout(600)
-def test_a_second_invocation_resumes_from_the_step_the_first_reached(tiny_session, tiny_reference):
+def test_a_second_invocation_resumes_from_the_step_the_first_reached(tiny_reference,
+                                                                     continued_runs):
   """The finished reference run, continued for one more epoch in a copy of its workdir."""
   ref_dir, _ = tiny_reference
-  workdir = tiny.copy_workdir(ref_dir, os.path.join(tiny_session.new_dir('resume'), 'run'))
-  result = tiny_session.run(tiny_session.command(workdir, '--config.num_epochs=3'), timeout=400)
+  workdir, result = continued_runs['resume']
   assert result.returncode == 0, result
   assert TRACEBACK not in result.output
   assert (f'Resuming from checkpoint at step {tiny.TOTAL_STEPS} (epoch {tiny.NUM_EPOCHS}, step 0 '
@@ -132,10 +155,10 @@ def test_a_second_invocation_resumes_from_the_step_the_first_reached(tiny_sessio
 
 @pytest.mark.timeout(600)
 def test_eval_mode_reports_centre_and_ten_crop_errors_of_the_best_checkpoint(
-    tiny_session, tiny_reference):
+    tiny_reference, continued_runs):
   ref_dir, _ = tiny_reference
-  before = sorted(os.listdir(ref_dir))
-  result = tiny_session.run(tiny_session.command(ref_dir, '--mode=eval'), timeout=400)
+  before = continued_runs['before']['listing']
+  result = continued_runs['eval']
   assert result.returncode == 0, result
   assert TRACEBACK not in result.output
   pattern = (r'checkpoint step (\d+) \((best|latest)\), (centre crop|ten crop): top-1 error '
@@ -159,18 +182,13 @@ def test_eval_mode_reports_centre_and_ten_crop_errors_of_the_best_checkpoint(
 
 
 @pytest.mark.timeout(600)
-def test_a_config_of_another_network_is_refused_naming_the_difference(tiny_session, tiny_reference):
+def test_a_config_of_another_network_is_refused_naming_the_difference(tiny_reference,
+                                                                      continued_runs):
   """The workdir's run has 2 classes; the same command on a 3-class folder must not touch it."""
   ref_dir, _ = tiny_reference
-  folder = os.path.join(tiny_session.new_dir('three_classes'), 'images')
-  shutil.copytree(tiny_session.folder, folder)
-  for split in ('train', 'val'):
-    shutil.copytree(os.path.join(folder, split, 'class1'), os.path.join(folder, split, 'class2'))
-  config_before = open(os.path.join(ref_dir, 'config.json'), encoding='utf-8').read()
-  steps_before = tiny.checkpoint_steps(ref_dir)
-
-  result = tiny_session.run(
-      tiny_session.command(ref_dir, f'--config.data.folder={folder}'), timeout=300)
+  config_before = continued_runs['before']['config']
+  steps_before = continued_runs['before']['steps']
+  result = continued_runs['refused']
   assert result.returncode == 2, result
   assert TRACEBACK not in result.output
   errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]

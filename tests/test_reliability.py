@@ -1,14 +1,14 @@
 """The main job survives ordinary faults and says what happened (issue 7).
 
-Every test here runs ``python -m alexnet_jax.main`` as a user would (subprocesses on 2 fake CPU
-devices, see ``tiny_config``) except two in-process checks of small pieces (the SIGINT
-handler, the free-space check). Faults: kill -9 at three points then resume (bit-identical to
+Every test here runs ``python -m alexnet_jax.main`` as a user would (processes on 2 fake CPU
+devices, see ``tiny_config``; those no test signals are forked from one process that imported
+JAX and TensorFlow once) except in-process checks of small pieces (the SIGINT handler, the
+free-space check). Faults: kill -9 at three points then resume (bit-identical to
 an uninterrupted run), a damaged newest checkpoint, SIGTERM, a diverging loss, a checkpoint
 write that fails, and the bad inputs a user can give, each of which must end in one
 ``error:`` line and no traceback.
 """
 import collections
-import concurrent.futures
 import math
 import os
 import re
@@ -229,8 +229,9 @@ def test_sigint_asks_to_stop_and_a_second_sigint_stops_at_once():
 # --------------------------------------------------------------------------------------------
 # Divergence
 # --------------------------------------------------------------------------------------------
-@pytest.mark.timeout(400)
-def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tiny_session, tiny_reference):
+@pytest.mark.timeout(900)
+def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tiny_reference,
+                                                                    forked_results):
   """The reference run continued with an absurd learning rate (1e30) diverges at once.
 
   The job stops with one error naming the step and the last good checkpoint (step 8, which
@@ -239,10 +240,7 @@ def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tiny_sessio
   nothing broken is left among the checkpoints.
   """
   ref_dir, _ = tiny_reference
-  workdir = tiny.copy_workdir(ref_dir, os.path.join(tiny_session.new_dir('nan'), 'run'))
-  result = tiny_session.run(tiny_session.command(workdir, '--config.num_epochs=3',
-                                 '--config.optim.learning_rate=1e30',
-                                 '--config.checkpoint.every_steps=1'), timeout=400)
+  workdir, result = forked_results['nan']
   line = _assert_one_clear_error(result, returncode=1)
   assert 'Resuming from checkpoint at step 8' in result.stdout
   assert 'config.optim.learning_rate is 1e+30, not 0.01 as in the checkpoint' in result.stdout
@@ -297,9 +295,9 @@ def test_a_changed_batch_size_continues_the_epoch_after_the_examples_seen(
 # --------------------------------------------------------------------------------------------
 # Disk full
 # --------------------------------------------------------------------------------------------
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(900)
 def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_earlier_checkpoints(
-    tiny_session, tiny_reference):
+    tiny_reference, forked_results):
   """A write that fails at the OS level, simulated honestly: the resumed job runs under
   RLIMIT_FSIZE=8 MiB, so Orbax's background write of the first new checkpoint (~160 MB in two
   or three data files; the job's other files and compiled programs are far smaller) fails
@@ -308,12 +306,7 @@ def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_earlier_checkpoints(
   earlier checkpoints still restore to the reference's values.
   """
   ref_dir, _ = tiny_reference
-  workdir = tiny.copy_workdir(ref_dir, os.path.join(tiny_session.new_dir('disk_full'), 'run'))
-  # bash's ulimit -f counts KiB. Python ignores SIGXFSZ, so a write past the limit fails with
-  # EFBIG, as one on a full disk fails with ENOSPC.
-  limited = ['bash', '-c', 'ulimit -f 8192 && exec "$@"', 'bash']
-  result = tiny_session.run(
-      limited + tiny_session.command(workdir, '--config.num_epochs=3'), timeout=400)
+  workdir, result = forked_results['disk_full']
   line = _assert_one_clear_error(result)
   assert 'Resuming from checkpoint at step 8' in result.stdout
   expected = (r'error: Could not write the checkpoint of step 10 in \S+ \(File too large\); the '
@@ -452,19 +445,36 @@ _CASE_NAMES = ('unknown_config_key', 'wrongly_typed_value', 'workdir_is_a_file',
 
 
 @pytest.fixture(scope='module')
-def bad_input_results(tiny_session):
-  """Every bad-input command, run two at a time (most fail within seconds)."""
+def forked_results(tiny_session, tiny_reference):
+  """The command lines of the divergence, disk-full and bad-input tests, two at a time, each in
+  its own process forked from one that imported JAX and TensorFlow once (tiny_config's
+  run_forked: most bad inputs fail within seconds, less than those imports take).
+
+  'nan': the reference run continued with a learning rate of 1e30 and a checkpoint every step;
+  'disk_full': continued under RLIMIT_FSIZE=8 MiB (``ulimit -f 8192``; Python ignores SIGXFSZ,
+  so a write past the limit fails with EFBIG, as one on a full disk fails with ENOSPC), each in
+  a copy of the reference's workdir; 'bad_input': name -> ((command, return code, pattern),
+  result).
+  """
+  ref_dir, _ = tiny_reference
+  nan_dir = tiny.copy_workdir(ref_dir, os.path.join(tiny_session.new_dir('nan'), 'run'))
+  full_dir = tiny.copy_workdir(ref_dir, os.path.join(tiny_session.new_dir('disk_full'), 'run'))
   cases = _bad_input_cases(tiny_session)
   assert tuple(cases) == _CASE_NAMES
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    futures = {name: pool.submit(tiny_session.run, cmd, 180) for name, (cmd, _, _) in cases.items()}
-    return {name: (cases[name], futures[name].result()) for name in cases}
+  cmds = [tiny_session.command(nan_dir, '--config.num_epochs=3',
+                               '--config.optim.learning_rate=1e30',
+                               '--config.checkpoint.every_steps=1'),
+          tiny_session.command(full_dir, '--config.num_epochs=3')]
+  results = tiny_session.run_forked(cmds + [cmd for cmd, _, _ in cases.values()], timeout=900,
+                                    fsize_limits={1: 8192 << 10})
+  return {'nan': (nan_dir, results[0]), 'disk_full': (full_dir, results[1]),
+          'bad_input': {name: (cases[name], r) for name, r in zip(cases, results[2:])}}
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize('name', _CASE_NAMES)
-def test_bad_input_gets_one_clear_error_line(bad_input_results, name):
-  (cmd, returncode, pattern), result = bad_input_results[name]
+def test_bad_input_gets_one_clear_error_line(forked_results, name):
+  (cmd, returncode, pattern), result = forked_results['bad_input'][name]
   line = _assert_one_clear_error(result, returncode)
   assert re.fullmatch(r'error: ' + pattern + r'.*', line), f'{line}\n{result}'
   # Nothing was trained or written for a run that was refused.

@@ -193,6 +193,30 @@ class Session:
                            f'{out.decode(errors="replace")}\n{err.decode(errors="replace")}')
     return Result(proc.returncode, out.decode(errors='replace'), err.decode(errors='replace'))
 
+  def run_forked(self, cmds: list[list[str]], timeout: float, parallel: int = 2,
+                 fsize_limits: dict[int, int] | None = None) -> list['Result']:
+    """Runs each command line of :meth:`command` to the end, as :meth:`run` does, but forked
+    from one process that imported JAX, TensorFlow and Orbax once (``main_forks.py``), at most
+    ``parallel`` at a time, in order: for commands that fail in seconds, those imports are
+    most of a run's cost. ``timeout`` is for all of them together; ``fsize_limits`` maps the
+    index of a command to the RLIMIT_FSIZE (bytes) it runs under."""
+    base = self.new_dir('forked')
+    jobs = [{'argv': cmd, 'stdout': os.path.join(base, f'{i}.out'),
+             'stderr': os.path.join(base, f'{i}.err'),
+             'fsize_limit': (fsize_limits or {}).get(i)} for i, cmd in enumerate(cmds)]
+    jobs_path = os.path.join(base, 'jobs.json')
+    with open(jobs_path, 'w', encoding='utf-8') as f:
+      json.dump({'parallel': parallel, 'jobs': jobs}, f)
+    driver = self.run([sys.executable, os.path.join(HERE, 'main_forks.py'), jobs_path], timeout)
+    assert driver.returncode == 0, driver
+    returncodes = json.loads(driver.stdout.strip().splitlines()[-1])['returncodes']
+    results = []
+    for job, returncode in zip(jobs, returncodes):
+      with open(job['stdout'], encoding='utf-8', errors='replace') as out, \
+           open(job['stderr'], encoding='utf-8', errors='replace') as err:
+        results.append(Result(returncode, out.read(), err.read()))
+    return results
+
 
 class Result:
   """A finished command: return code and its two streams."""
