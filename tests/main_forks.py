@@ -31,8 +31,9 @@ def _preload() -> None:
   import ml_collections.config_flags  # noqa: F401  pylint: disable=g-import-not-at-top
   from alexnet_jax import input_pipeline  # noqa: F401  pylint: disable=g-import-not-at-top
   from alexnet_jax import trainer  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  # The metrics writer's (it imports torch when torch is installed: seconds per run).
-  import tensorboardX  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  # The metrics writer's event-file protos.
+  import tensorboard.compat.proto.event_pb2  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import tensorboard.summary.writer.record_writer  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 
 
 def _child(argv: list[str], stdout: str, stderr: str, fsize_limit: int | None) -> None:
