@@ -378,15 +378,22 @@ def test_fresh_job_resumes_from_the_checkpoint(runs, reference):
 
 
 @pytest.fixture(scope='module')
-def one_process_run(tmp_path_factory, data_dir, setup, runs):
-  """The same command as one process with all 4 devices, uninterrupted to RESUMED_STEPS."""
-  del runs  # after the 2-process jobs: the CPUs are theirs meanwhile
-  workdir = tmp_path_factory.mktemp('one_process_run')
-  argv = [sys.executable, '-m', 'alexnet_jax.main', f'--workdir={workdir}',
-          *_config_flags(data_dir, RESUMED_STEPS)]
-  done = subprocess.run(argv, cwd=str(workdir), env=_child_env(NUM_PROCESSES * DEVICES_PER_PROCESS),
-                        capture_output=True, text=True, timeout=JOB_TIMEOUT_S, check=False)
-  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+def one_process_run(tmp_path_factory, data_dir, setup, runs, reference):
+  """The same job as one process with all 4 devices, uninterrupted to RESUMED_STEPS.
+
+  The main job's training loop run in this process (its 4 devices, the same config): it takes
+  the module's ``setup``, whose train step the reference has compiled already, instead of a
+  process that would import everything and compile the same step again. The command line
+  itself is what the 2-process jobs run.
+  """
+  del runs, reference  # after the 2-process jobs: the CPUs are theirs meanwhile
+  workdir = str(tmp_path_factory.mktemp('one_process_run'))
+  config = _config(data_dir, RESUMED_STEPS)
+  assert config.to_json_best_effort(sort_keys=True) == setup.config.to_json_best_effort(
+      sort_keys=True)
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(trainer, 'setup', lambda c: setup)
+    trainer.train_and_evaluate(config, workdir)
   return _restore(setup, workdir, RESUMED_STEPS)
 
 
