@@ -74,14 +74,8 @@ def nchw(images, bgr=False):
 
 
 def random_params(model, seed=0):
-  """He-scaled random params of the model's shapes (numpy: no init compile, no eager init)."""
-  rng = np.random.default_rng(seed)
-  shapes = weights.expected_shapes(model)
-  def draw(shape):  # kernels HWIO / (in, out): the fan-in is all but the last axis
-    scale = np.sqrt(2.0 / np.prod(shape[:-1])) if len(shape) > 1 else 0.1
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
-  return {'params': {layer: {part: draw(shape) for part, shape in parts.items()}
-                     for layer, parts in shapes.items()}}
+  """Random variables of the model's shapes at its preset's input (NumPy: no init compile)."""
+  return {'params': files.random_params(model, weights.input_size(model), seed)}
 
 
 def same_params(a, b) -> bool:
