@@ -167,8 +167,10 @@ def test_wire_reader_reads_what_the_onnx_package_reads(zoo):
       np.testing.assert_array_equal(by_wire.tensors[layer][part], by_package.tensors[layer][part])
 
 
-def test_class_count_comes_from_fc8(tmp_path):
-  tuned = files.random_weights(files.CAFFE_CONVS, num_classes=21, seed=3)
+def test_class_count_comes_from_fc8(tmp_path, caffe_weights):
+  rng = np.random.default_rng(3)  # a new fc8 on the module's weights: no second 61M draw
+  tuned = {**caffe_weights, 'fc8': (rng.standard_normal((21, 4096), np.float32) * 0.02,
+                                    np.zeros(21, np.float32))}
   path = tmp_path / 'tuned.onnx'
   onnx.save(files.zoo_graph(tuned, input_dims=(1, 3, 224, 224)), path)  # the zoo's declared input
   model, variables = weights.load(path)

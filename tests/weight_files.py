@@ -31,7 +31,7 @@ def random_weights(convs, num_classes=1000, fc=4096, fc7_out=None, seed=0):
   weights = {}
   for name, shape in shapes:
     fan_in = int(np.prod(shape[1:]))
-    w = rng.standard_normal(shape).astype(np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+    w = rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / fan_in))  # no float64
     weights[name] = (w, rng.uniform(-0.1, 0.1, shape[0]).astype(np.float32))
   return weights
 
