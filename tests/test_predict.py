@@ -32,7 +32,8 @@ GRACE = os.path.join(os.path.dirname(matplotlib.__file__), 'mpl-data', 'sample_d
 def _random_weights(tmp_path, name, num_classes=1000):
   model = model_lib.preset(name, num_classes=num_classes)
   size = model_lib.PRESET_INPUTS[name].input_size
-  variables = model.init(jax.random.key(3), jnp.zeros((1, size, size, 3)))
+  # Jitted: init's forward pass is dead code there (eager, it runs op by op at full size).
+  variables = jax.jit(model.init)(jax.random.key(3), jnp.zeros((1, size, size, 3)))
   # Larger logits than the init's, so that the top classes are far apart.
   variables = jax.tree_util.tree_map(lambda x: x, variables)
   variables['params']['fc8']['kernel'] = variables['params']['fc8']['kernel'] * 40
@@ -44,7 +45,7 @@ def _random_weights(tmp_path, name, num_classes=1000):
 def _expected(model, variables, name, pixels):
   """Softmax of the model on ``pixels`` (uint8, N[, 10], H, W, 3), averaged over crops."""
   x = jnp.asarray(model_lib.preprocess(name, pixels))
-  logits = model.apply(variables, x.reshape((-1,) + x.shape[-3:]))
+  logits = jax.jit(model.apply)(variables, x.reshape((-1,) + x.shape[-3:]))  # not op by op
   probs = jax.nn.softmax(logits).reshape(pixels.shape[:-3] + (-1,))
   return np.asarray(probs if pixels.ndim == 4 else probs.mean(axis=1))
 
@@ -145,7 +146,7 @@ def test_a_runs_workdir_uses_its_own_classes_and_preprocessing(tmp_path_factory,
   assert crop == tiny.SMALLEST_CROP != model_lib.PRESET_INPUTS['paper'].input_size
   pixels = _shorter_side_centre(resize, crop).astype(np.float32)
   x = (pixels / 255.0 - np.asarray(data['mean_rgb'], np.float32)) * data['input_scale']
-  probs = np.asarray(jax.nn.softmax(model.apply(variables, x[None])))[0]
+  probs = np.asarray(jax.nn.softmax(jax.jit(model.apply)(variables, x[None])))[0]
   names = class_names.for_data_config(data)
   assert len(names) == tiny.NUM_CLASSES and names[0] != 'class 0'
   order = np.argsort(-probs)[:tiny.NUM_CLASSES]

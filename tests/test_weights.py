@@ -74,14 +74,8 @@ def nchw(images, bgr=False):
 
 
 def random_params(model, seed=0):
-  """He-scaled random params of the model's shapes (numpy: no init compile, no eager init)."""
-  rng = np.random.default_rng(seed)
-  shapes = weights.expected_shapes(model)
-  def draw(shape):  # kernels HWIO / (in, out): the fan-in is all but the last axis
-    scale = np.sqrt(2.0 / np.prod(shape[:-1])) if len(shape) > 1 else 0.1
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
-  return {'params': {layer: {part: draw(shape) for part, shape in parts.items()}
-                     for layer, parts in shapes.items()}}
+  """Random variables of the model's shapes at its preset's input (NumPy: no init compile)."""
+  return {'params': files.random_params(model, weights.input_size(model), seed)}
 
 
 def same_params(a, b) -> bool:
@@ -173,8 +167,10 @@ def test_wire_reader_reads_what_the_onnx_package_reads(zoo):
       np.testing.assert_array_equal(by_wire.tensors[layer][part], by_package.tensors[layer][part])
 
 
-def test_class_count_comes_from_fc8(tmp_path):
-  tuned = files.random_weights(files.CAFFE_CONVS, num_classes=21, seed=3)
+def test_class_count_comes_from_fc8(tmp_path, caffe_weights):
+  rng = np.random.default_rng(3)  # a new fc8 on the module's weights: no second 61M draw
+  tuned = {**caffe_weights, 'fc8': (rng.standard_normal((21, 4096), np.float32) * 0.02,
+                                    np.zeros(21, np.float32))}
   path = tmp_path / 'tuned.onnx'
   onnx.save(files.zoo_graph(tuned, input_dims=(1, 3, 224, 224)), path)  # the zoo's declared input
   model, variables = weights.load(path)

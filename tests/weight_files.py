@@ -31,10 +31,24 @@ def random_weights(convs, num_classes=1000, fc=4096, fc7_out=None, seed=0):
   weights = {}
   for name, shape in shapes:
     fan_in = int(np.prod(shape[1:]))
-    w = rng.standard_normal(shape).astype(np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+    w = rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / fan_in))  # no float64
     weights[name] = (w, rng.uniform(-0.1, 0.1, shape[0]).astype(np.float32))
   return weights
 
+
+
+def random_params(model, size: int, seed: int = 0) -> dict:
+  """Params of ``model``'s shapes at a ``size`` x ``size`` input (our layouts), drawn in NumPy:
+  kernels N(0, 2/fan_in), biases N(0, 0.1), so every layer matters for the logits. Far cheaper
+  than ``model.init`` (eager, or one more compile, and JAX's slow CPU random bits for 61M
+  values); the shapes come from ``jax.eval_shape``, which computes nothing."""
+  import jax  # pylint: disable=g-import-not-at-top  (the file formats above need no JAX)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))['params']
+  return jax.tree_util.tree_map(
+      lambda s: rng.standard_normal(s.shape, np.float32) * np.float32(
+          np.sqrt(2.0 / np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0.1), shapes)
 
 # --------------------------------------------------------------------------------------------
 # The ONNX model zoo's bvlcalexnet / caffenet graph
