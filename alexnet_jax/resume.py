@@ -69,10 +69,7 @@ def imported_weights(config: ml_collections.ConfigDict, workdir: str | None = No
 def initial_state(s: Setup, imported: Callable[[], dict] | None = None) -> steps_lib.TrainState:
   """A fresh train state; with ``imported`` (config.init_from's params, converted when called),
   those in every layer whose shape fits (all but a resized fc8)."""
-  crop = s.config.data.crop_size
-  init = jax.jit(lambda rng: steps_lib.create_train_state(rng, s.model, s.tx, (1, crop, crop, 3)),
-                 out_shardings=s.steps.state_sharding)
-  state = init(jax.random.PRNGKey(s.config.seed))
+  state = s.init_state(jax.random.PRNGKey(s.config.seed))
   if imported is None:
     return state
   log = print if jax.process_index() == 0 else lambda _: None

@@ -119,6 +119,9 @@ class Setup:
   layout: layout_lib.Layout
   steps: layout_lib.ShardedSteps
   abstract_state: steps_lib.TrainState
+  # rng -> a fresh train state with the steps' shardings; jitted once here, so that every
+  # fresh start of this setup (a run, a start over, a test's second run) compiles it once.
+  init_state: Callable[[jax.Array], steps_lib.TrainState]
 
 
 def check_batch_split_over_processes(mesh, layout: layout_lib.Layout,
@@ -179,11 +182,11 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
           flush=True)
   model = build_model(config, num_classes)
   crop = config.data.crop_size
-  abstract_state = jax.eval_shape(
-      lambda rng: steps_lib.create_train_state(rng, model, tx, (1, crop, crop, 3)),
-      jax.random.PRNGKey(0))
+  create = lambda rng: steps_lib.create_train_state(rng, model, tx, (1, crop, crop, 3))
+  abstract_state = jax.eval_shape(create, jax.random.PRNGKey(0))
   steps = layout_lib.make_steps(model, tx, mesh, layout, abstract_state)
-  return Setup(config, info, model, tx, mesh, layout, steps, abstract_state)
+  init_state = jax.jit(create, out_shardings=steps.state_sharding)
+  return Setup(config, info, model, tx, mesh, layout, steps, abstract_state, init_state)
 
 
 def state_bytes(abstract_state) -> int:

@@ -52,16 +52,24 @@ def tiny_reference(tiny_session, tmp_path_factory):
   return tiny_config.reference_run(tmp_path_factory)
 
 
-def _steps_key(config) -> str:
-  """What trainer.setup builds the sharded steps from: the network and its input (model, data),
-  the optimizer's transformation, the mesh and layout, the batch sizes."""
+def _init_key(config) -> dict:
+  """What trainer.setup builds the jitted init from: the network and its input (model, data),
+  the optimizer's transformation, the mesh and layout."""
   optim = config.optim
-  return json.dumps({
-      'model': config.model.to_dict(), 'data': config.data.to_dict(),
-      'mesh': config.mesh.to_dict(), 'batch_size': config.batch_size,
-      'eval_batch_size': config.eval.batch_size,
-      'tx': [optim.learning_rate, optim.momentum, optim.weight_decay, optim.decay_biases]},
-      sort_keys=True, default=repr)
+  return {'model': config.model.to_dict(), 'data': config.data.to_dict(),
+          'mesh': config.mesh.to_dict(),
+          'tx': [optim.learning_rate, optim.momentum, optim.weight_decay, optim.decay_biases]}
+
+
+def _steps_key(config) -> dict:
+  """What trainer.setup builds the sharded steps from: the init's fields and the batch sizes."""
+  return {**_init_key(config), 'batch_size': config.batch_size,
+          'eval_batch_size': config.eval.batch_size}
+
+
+def _same(key, a, b) -> bool:
+  return (json.dumps(key(a), sort_keys=True, default=repr)
+          == json.dumps(key(b), sort_keys=True, default=repr))
 
 
 class InProcessRuns:
@@ -86,11 +94,13 @@ class InProcessRuns:
       s = self._real_setup(config)
       # Configs that differ only in the loop (epochs, policy, logging, evaluation schedule)
       # share the jitted steps, and so their compilations: make_steps is a function of the
-      # fields in _steps_key alone.
+      # fields in _steps_key alone, the jitted init of those in _init_key.
       for other in self._setups.values():
-        if _steps_key(other.config) == _steps_key(config):
-          s = dataclasses.replace(s, steps=other.steps)
-          break
+        if _same(_init_key, other.config, config):
+          s = dataclasses.replace(s, init_state=other.init_state)
+          if _same(_steps_key, other.config, config):
+            s = dataclasses.replace(s, steps=other.steps)
+            break
       self._setups[key] = s
     return self._setups[key]
 

@@ -39,12 +39,12 @@ def _config(path, folder):
   return c
 
 
-def test_a_finetune_starts_from_the_imported_layers(files, capsys):
+def test_a_finetune_starts_from_the_imported_layers(files, in_process_runs, capsys):
   path, folder, root = files
   config, imported = resume.imported_weights(_config(path, folder))
   assert (config.model.preset, config.data.preprocess, config.data.warp,
           config.data.crop_size) == ('bvlc', 'bvlc', True, 227)
-  s = trainer.setup(config)
+  s = in_process_runs.setup(config)  # the session's: its jitted init serves the test below too
   workdir = str(root / 'run')
   ckpts = checkpoint_lib.Checkpoints(workdir, keep=1, async_save=False)
   loop = trainer._TrainingLoop(s, workdir, ckpts, None, imported)  # pylint: disable=protected-access
