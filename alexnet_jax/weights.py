@@ -386,38 +386,42 @@ def _crop_size(config: dict) -> int | None:
   return int(crop) if crop else None
 
 
-def _network_from_config_file(path: str, workdir: str
-                              ) -> tuple[str, dict[str, Any], int | None]:
-  """(preset, fields on top, input size) of a checkpoint saved before checkpoints recorded
-  their network in their meta: from the run's config.json, the only record such a run has of
-  it (its data.crop_size; None, the preset's size, where it has none)."""
+def _network_from_config_file(path: str, config: dict | None, error: str | None
+                              ) -> tuple[str, dict[str, Any]]:
+  """(preset, fields on top) of a checkpoint saved before checkpoints recorded their network in
+  their meta: from the run's config.json (``config``, or the ``error`` reading it gave), the
+  only record such a run has of it."""
   from alexnet_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  try:
-    config = _config_file(workdir)
-    model_config = config['model']
-  except (OSError, ValueError, KeyError) as e:
+  model_config = None if config is None else config.get('model')
+  if model_config is None:
     raise WeightsError(f'{path}: the checkpoint is of a version that did not record its '
                        f'network, and the run\'s {checkpoint_lib.CONFIG_FILE} cannot be read '
-                       f'({type(e).__name__}); put it back.') from None
+                       f'({error or "KeyError"}); put it back.')
   # .get: config.json files older than config.model.preset lack it (the paper's network).
   return (model_config.get('preset') or 'paper',
-          model_lib.changed_from_paper(_overrides(model_config)), _crop_size(config))
+          model_lib.changed_from_paper(_overrides(model_config)))
 
 
 def _recorded_network(path: str, workdir: str, meta: dict
                       ) -> tuple[str, dict[str, Any], int | None]:
   """(preset, fields on top, input size) of a checkpoint: its meta's record of its network
-  and crop; a record without the crop takes config.json's, else the preset's size."""
+  and crop; a record without the crop takes config.json's, else the preset's size. A meta
+  without the record (checkpoints of earlier versions) takes both from config.json."""
   record = meta.get('architecture')
   if not isinstance(record, dict):
-    return _network_from_config_file(path, workdir)
-  name, differ = preset_of(model_of_record(record))
-  size = record.get('data.crop_size')
-  if size is None:
+    record = None
+  size = None if record is None else record.get('data.crop_size')
+  config, error = None, None
+  if size is None:  # config.json is read once, and only when the record lacks something
     try:
-      size = _crop_size(_config_file(workdir))
-    except (OSError, ValueError):
-      size = None  # nothing records it: the preset's
+      config = _config_file(workdir)
+    except (OSError, ValueError) as e:
+      error = type(e).__name__
+    size = None if config is None else _crop_size(config)  # None: the preset's
+  if record is None:
+    name, differ = _network_from_config_file(path, config, error)
+  else:
+    name, differ = preset_of(model_of_record(record))
   return name, differ, int(size) if size else None
 
 
