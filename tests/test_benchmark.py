@@ -154,6 +154,10 @@ def test_a_failing_worker_reports_its_error():
 # A whole run, as the command line does it
 # --------------------------------------------------------------------------------------------
 def test_command_line_run_writes_complete_results(tmp_path):
+  """At the smallest input the network takes (67 px, --image-size): the run's logic and the
+  FLOP counts' agreement do not depend on the size, and compiling the 227-px step twice (the
+  worker's and XLA's count) was most of this test's time."""
+  size = 67
   configs = ['matmul_jax', 'jax_default'] + (['matmul_torch', 'torch_eager']
                                              if _has_torch() else [])
   readme = tmp_path / 'README.md'
@@ -162,7 +166,8 @@ def test_command_line_run_writes_complete_results(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   proc = subprocess.run(
       [sys.executable, SCRIPT, '--batch-sizes', '2', '--steps', '1', '--warmup', '0',
-       '--matmul-size', '64', '--gap', '0', '--configs', *configs, '--json', str(out_json),
+       '--matmul-size', '64', '--gap', '0', '--image-size', str(size), '--configs', *configs,
+       '--json', str(out_json),
        '--markdown', str(out_md), '--readme', str(readme)],
       capture_output=True, text=True, env=env, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -170,7 +175,8 @@ def test_command_line_run_writes_complete_results(tmp_path):
   assert {'command', 'date', 'machine', 'settings', 'flops', 'results'} <= set(data)
   assert data['machine']['cpu_count'] >= 1 and data['machine']['jax_version']
   assert [r['config'] for r in data['results']] == configs
-  analytic = flops_lib.analytic_flops(2)
+  assert data['settings']['image_size'] == size
+  analytic = flops_lib.analytic_flops(2, image_size=size)
   for r in data['results']:
     assert r['batch'] == 2 and len(r['step_times_s']) == 1
     assert r['peak_rss_mib'] > 0 and r['first_step_s'] > 0

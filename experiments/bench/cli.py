@@ -7,6 +7,7 @@ import os
 import sys
 
 from experiments.bench import configs as configs_lib
+from experiments.bench import flops as flops_lib
 from experiments.bench import report
 from experiments.bench import workers as workers_lib
 
@@ -22,6 +23,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
   p.add_argument('--matmul-size', type=int, default=None,
                  help='n of the n x n ceiling matmul (default 4096; 8192 with --gpu)')
   p.add_argument('--gap', type=float, default=0.2, help='seconds of pause before each step')
+  p.add_argument('--image-size', type=int, default=flops_lib.IMAGE_SIZE,
+                 help='the training step\'s input height and width (default: %(default)s, the '
+                      'paper\'s); a smaller one (67 is the smallest the network takes) only to '
+                      'check the logic quickly')
   p.add_argument('--json', default=report.DEFAULT_JSON, help='raw results (default: %(default)s)')
   p.add_argument('--markdown', default=None, help='also write the table here')
   p.add_argument('--readme', default=None,
@@ -121,7 +126,8 @@ def train_step_main(args):
   report.check_readme(args.readme)
   data = steps.run_benchmark(configs, args.batch_sizes or [32, 128], args.steps, args.warmup,
                              args.matmul_size or 4096, args.gap,
-                             log=lambda m: print(m, file=sys.stderr, flush=True))
+                             log=lambda m: print(m, file=sys.stderr, flush=True),
+                             image_size=args.image_size)
   table = report.markdown_report(data)
   print(table)
   report.write_outputs(data, table, args.json, args.markdown)
@@ -137,7 +143,7 @@ def main(argv=None, description: str = '') -> dict | list | None:
     return None
   if args.xla_flops is not None:
     from experiments.bench import flops  # pylint: disable=g-import-not-at-top
-    print(flops.xla_step_flops(args.xla_flops))
+    print(flops.xla_step_flops(args.xla_flops, image_size=args.image_size))
     return None
   if args.inference_prepare is not None:
     from experiments.bench import inference  # pylint: disable=g-import-not-at-top

@@ -10,19 +10,19 @@ import subprocess
 import sys
 from typing import Any
 
-IMAGE_SIZE = 227
+IMAGE_SIZE = 227  # the paper's input; --image-size sets another (the logic at a small one)
 # The max-pools (3x3, stride 2) of the paper's network follow these conv layers.
 POOL_WINDOW, POOL_STRIDE = 3, 2
 POOLED_AFTER = ('conv1', 'conv2', 'conv5')
 
 
-def layer_macs(num_classes: int = 1000, conv_layers=None,
-               fc_layers=None) -> dict[str, int]:
+def layer_macs(num_classes: int = 1000, conv_layers=None, fc_layers=None,
+               image_size: int = IMAGE_SIZE) -> dict[str, int]:
   """Multiply-adds per image of every weighted layer, from the model's layer table."""
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   conv_layers = model_lib.CONV_LAYERS if conv_layers is None else conv_layers
   fc_layers = model_lib.FC_LAYERS if fc_layers is None else fc_layers
-  size, channels, macs = IMAGE_SIZE, 3, {}
+  size, channels, macs = image_size, 3, {}
   for name, features, ksize, stride, pad, groups in conv_layers:
     size = (size + 2 * pad - ksize) // stride + 1
     macs[name] = size * size * features * ksize * ksize * (channels // groups)
@@ -36,7 +36,8 @@ def layer_macs(num_classes: int = 1000, conv_layers=None,
   return macs
 
 
-def analytic_flops(batch: int, num_classes: int = 1000) -> dict[str, Any]:
+def analytic_flops(batch: int, num_classes: int = 1000,
+                   image_size: int = IMAGE_SIZE) -> dict[str, Any]:
   """FLOPs of one training step, counted from the layer table (multiply-add = 2 FLOPs).
 
   Forward: 2 x MACs of every conv and dense layer. Backward: the weight gradient costs the same
@@ -45,7 +46,7 @@ def analytic_flops(batch: int, num_classes: int = 1000) -> dict[str, Any]:
   under 1% of the total and is not matmul-like work that the ceiling measures.
   """
   per_image = {}
-  for name, macs in layer_macs(num_classes).items():
+  for name, macs in layer_macs(num_classes, image_size=image_size).items():
     fwd = 2 * macs
     per_image[name] = {'forward': fwd, 'weight_grad': fwd,
                        'input_grad': 0 if name == 'conv1' else fwd}
@@ -55,7 +56,7 @@ def analytic_flops(batch: int, num_classes: int = 1000) -> dict[str, Any]:
           'step_per_image': total, 'step': total * batch, 'batch': batch}
 
 
-def xla_step_flops(batch: int, num_classes: int = 1000) -> float:
+def xla_step_flops(batch: int, num_classes: int = 1000, image_size: int = IMAGE_SIZE) -> float:
   """XLA's cost analysis of the train step differentiated by XLA itself (no custom VJPs).
 
   The network's FLOP count from XLA's side. The step as configured may compute kernel
@@ -70,8 +71,10 @@ def xla_step_flops(batch: int, num_classes: int = 1000) -> float:
   from experiments.bench.configs import LEARNING_RATE  # pylint: disable=g-import-not-at-top
   model = model_lib.AlexNet(num_classes=num_classes, **model_lib.XLA_NATIVE_IMPLS)
   tx = optim.sgd_with_injected_lr(LEARNING_RATE)
-  state = jax.eval_shape(lambda: steps.create_train_state(jax.random.key(0), model, tx))
-  batch_shapes = {'image': jax.ShapeDtypeStruct((batch, 227, 227, 3), jnp.float32),
+  shape = (batch, image_size, image_size, 3)
+  state = jax.eval_shape(
+      lambda: steps.create_train_state(jax.random.key(0), model, tx, (1, *shape[1:])))
+  batch_shapes = {'image': jax.ShapeDtypeStruct(shape, jnp.float32),
                   'label': jax.ShapeDtypeStruct((batch,), jnp.int32)}
   step_fn, _ = steps.make_single_device_steps(model, tx)
   cost = step_fn.lower(state, batch_shapes).compile().cost_analysis()
@@ -79,11 +82,12 @@ def xla_step_flops(batch: int, num_classes: int = 1000) -> float:
   return float(cost['flops'])
 
 
-def xla_step_flops_subprocess(batch: int) -> float:
+def xla_step_flops_subprocess(batch: int, image_size: int = IMAGE_SIZE) -> float:
   """:func:`xla_step_flops` in a fresh one-device process (the parent runs no JAX computation)."""
   from experiments.bench import workers  # pylint: disable=g-import-not-at-top
   from experiments.bench.configs import Config  # pylint: disable=g-import-not-at-top
-  proc = subprocess.run([sys.executable, workers.SCRIPT, '--xla-flops', str(batch)],
+  proc = subprocess.run([sys.executable, workers.SCRIPT, '--xla-flops', str(batch),
+                         '--image-size', str(image_size)],
                         capture_output=True, text=True, check=False,
                         env=workers.worker_env(Config('xla_flops', 'jax', 'xla_flops')))
   if proc.returncode:

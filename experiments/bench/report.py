@@ -32,11 +32,14 @@ def machine_line(meta: dict) -> str:
 
 def _header(data: dict) -> list[str]:
   s = data['settings']
+  # .get: results written before --image-size are all at the paper's 227.
+  size = s.get('image_size', 227)
+  images = '' if size == 227 else f' of {size}x{size} images (not the paper\'s 227)'
   return [
       f'Training step (forward, softmax cross-entropy, backward, SGD with momentum and weight '
-      f'decay), {s["dtype"]}, device-resident synthetic batch; median of {s["timed_steps"]} '
-      f'timed steps after {s["warmup_steps"]} warm-up steps (and a first, compiling step), '
-      f'configurations alternated step by step in one run.',
+      f'decay), {s["dtype"]}, device-resident synthetic batch{images}; median of '
+      f'{s["timed_steps"]} timed steps after {s["warmup_steps"]} warm-up steps (and a first, '
+      f'compiling step), configurations alternated step by step in one run.',
       '',
       f'Command: `{data["command"]}` ({data["date"]})',
       '',

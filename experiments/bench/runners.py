@@ -10,6 +10,7 @@ import time
 
 from experiments.bench.configs import LEARNING_RATE
 from experiments.bench.configs import Config
+from experiments.bench.flops import IMAGE_SIZE
 from experiments.bench.model_options import model_kwargs
 
 
@@ -23,9 +24,10 @@ class JaxTrainRunner:
   """The project's jitted train step (state donated unless told) on a fixed resident batch."""
 
   def __init__(self, batch: int, model_kwargs: dict, num_classes: int = 1000, chain: int = 1,
-               donate: bool = True):
+               donate: bool = True, image_size: int = IMAGE_SIZE):
     self.batch, self.model_kwargs, self.num_classes, self.chain, self.donate = (
         batch, dict(model_kwargs), num_classes, chain, donate)
+    self.image_size = image_size
 
   def setup(self) -> dict:
     import jax  # pylint: disable=g-import-not-at-top
@@ -35,12 +37,13 @@ class JaxTrainRunner:
     from alexnet_jax import steps  # pylint: disable=g-import-not-at-top
     model = model_lib.AlexNet(num_classes=self.num_classes, **model_kwargs(self.model_kwargs))
     tx = optim.sgd_with_injected_lr(LEARNING_RATE)
-    self.state = steps.create_train_state(jax.random.key(0), model, tx)
+    size = self.image_size
+    self.state = steps.create_train_state(jax.random.key(0), model, tx, (1, size, size, 3))
     step_fn, _ = steps.make_single_device_steps(model, tx, donate_state=self.donate)
     k1, k2 = jax.random.split(jax.random.key(1))
     # Pixel-scale inputs (mean-subtracted images are in about +-100).
     self.data = {
-        'image': jax.random.normal(k1, (self.batch, 227, 227, 3), jnp.float32) * 50.0,
+        'image': jax.random.normal(k1, (self.batch, size, size, 3), jnp.float32) * 50.0,
         'label': jax.random.randint(k2, (self.batch,), 0, self.num_classes, jnp.int32),
     }
     jax.block_until_ready((self.state, self.data))
@@ -65,19 +68,22 @@ class JaxTrainRunner:
 class TorchTrainRunner:
   """The PyTorch twin trained with ``torch.optim.SGD`` in one of PyTorch's modes."""
 
-  def __init__(self, batch: int, mode: str, num_classes: int = 1000):
+  def __init__(self, batch: int, mode: str, num_classes: int = 1000,
+               image_size: int = IMAGE_SIZE):
     if mode not in ('eager', 'channels_last', 'compile'):
       raise ValueError(f'Unknown PyTorch mode {mode!r}.')
     self.batch, self.mode, self.num_classes = batch, mode, num_classes
+    self.image_size = image_size
 
   def setup(self) -> dict:
     import torch  # pylint: disable=g-import-not-at-top
     import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
     from experiments.bench import torch_twin  # pylint: disable=g-import-not-at-top
     torch.manual_seed(0)
-    model = torch_twin.AlexNetTwin(num_classes=self.num_classes).train()
+    model = torch_twin.AlexNetTwin(num_classes=self.num_classes,
+                                   input_size=self.image_size).train()
     opt = torch_twin.make_sgd(model, learning_rate=LEARNING_RATE)
-    x = torch.randn(self.batch, 3, 227, 227) * 50.0
+    x = torch.randn(self.batch, 3, self.image_size, self.image_size) * 50.0
     y = torch.randint(0, self.num_classes, (self.batch,))
     if self.mode == 'channels_last':
       model = model.to(memory_format=torch.channels_last)
@@ -153,10 +159,12 @@ class MatmulRunner:
 def make_runner(config: Config, spec: dict):
   """The runner of ``config``; ``spec`` holds the run's sizes (batch, matmul_size, ...)."""
   batch, num_classes = spec['batch'], spec.get('num_classes', 1000)
+  size = spec.get('image_size', IMAGE_SIZE)
   if config.kind == 'jax':
-    return JaxTrainRunner(batch, config.model, num_classes, donate=config.donate)
+    return JaxTrainRunner(batch, config.model, num_classes, donate=config.donate,
+                          image_size=size)
   if config.kind == 'torch':
-    return TorchTrainRunner(batch, config.mode, num_classes)
+    return TorchTrainRunner(batch, config.mode, num_classes, image_size=size)
   if config.kind in ('matmul_jax', 'matmul_torch'):
     return MatmulRunner(config.kind.split('_')[1], spec['matmul_size'])
   if config.kind.startswith('infer_'):

@@ -147,20 +147,22 @@ def _with_ceilings(results: list[dict], batch: int) -> None:
 
 def run_benchmark(configs: Sequence[Config], batch_sizes: Sequence[int], steps: int,
                   warmup: int, matmul_size: int, gap_s: float = 0.2,
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print,
+                  image_size: int = flops_lib.IMAGE_SIZE) -> dict:
   """Every configuration at every batch size; batch sizes one after another (memory)."""
   results, notes = [], []
   configs = _without_torch(configs, notes, log)
   meta = machine_info()
   flops_by_batch = {}
   for batch in batch_sizes:
-    flops = flops_lib.analytic_flops(batch)
+    flops = flops_lib.analytic_flops(batch, image_size=image_size)
     if any(c.kind == 'jax' for c in configs):
       log(f'batch {batch}: XLA\'s FLOP count of the step')
-      flops['xla_step'] = flops_lib.xla_step_flops_subprocess(batch)
+      flops['xla_step'] = flops_lib.xla_step_flops_subprocess(batch, image_size)
       flops['xla_step_per_image'] = flops['xla_step'] / batch
     flops_by_batch[str(batch)] = flops
-    infos, timed, ends = run_workers(configs, batch, steps, warmup, matmul_size, gap_s, log)
+    infos, timed, ends = run_workers(configs, batch, steps, warmup, matmul_size, gap_s, log,
+                                     extra={'image_size': image_size})
     results += [summarize(c, batch, infos[c.name], timed[c.name], ends[c.name], flops)
                 for c in configs]
     _with_ceilings(results, batch)
@@ -172,6 +174,7 @@ def run_benchmark(configs: Sequence[Config], batch_sizes: Sequence[int], steps: 
       'machine': meta,
       'settings': {'batch_sizes': list(batch_sizes), 'timed_steps': steps, 'warmup_steps': warmup,
                    'matmul_size': matmul_size, 'gap_s': gap_s, 'dtype': 'float32',
+                   'image_size': image_size,
                    'alternation': 'one worker process per configuration; round-robin, one step '
                                   'per configuration per round, order rotated each round'},
       'flops': flops_by_batch,

@@ -75,19 +75,33 @@ class GroupedLRN(nn.Module):
     return torch.cat([self.norm(part) for part in x.chunk(self.groups, dim=1)], dim=1)
 
 
+def pooled_side(input_size: int) -> int:
+  """The side of conv5's pooled maps, fc6's input, for square inputs of ``input_size``: 6 at the
+  paper's 227, 1 at 67 (the smallest input the network takes)."""
+  size = input_size
+  for name, _, _, ksize, stride, pad, _ in CONV_LAYERS:
+    size = (size + 2 * pad - ksize) // stride + 1
+    if name in ('conv1', 'conv2', 'conv5'):  # the max-pools, 3x3 stride 2
+      size = (size - 3) // 2 + 1
+  return size
+
+
 class AlexNetTwin(nn.Module):
   """The paper's AlexNet in PyTorch, NCHW input (N, 3, 227, 227) -> logits (N, num_classes).
 
-  Arguments mirror ``alexnet_jax.model.AlexNet``'s of the same names.
+  Arguments mirror ``alexnet_jax.model.AlexNet``'s of the same names; ``input_size`` (fc6's
+  input follows it) is the benchmark's ``--image-size``.
   """
 
   def __init__(self, num_classes: int = 1000, dropout_rate: float = 0.5, use_lrn: bool = True,
                lrn_after_pool: bool = False, lrn_groups: int = 2, lrn_size: int = 5,
-               lrn_k: float = 2.0, lrn_alpha: float = 1e-4, lrn_beta: float = 0.75):
+               lrn_k: float = 2.0, lrn_alpha: float = 1e-4, lrn_beta: float = 0.75,
+               input_size: int = 227):
     super().__init__()
     for name, cin, cout, ksize, stride, pad, groups in CONV_LAYERS:
       self.add_module(name, nn.Conv2d(cin, cout, ksize, stride, pad, groups=groups))
-    self.fc6 = nn.Linear(6 * 6 * 256, 4096)
+    self.fc6_side = pooled_side(input_size)
+    self.fc6 = nn.Linear(self.fc6_side * self.fc6_side * 256, 4096)
     self.fc7 = nn.Linear(4096, 4096)
     self.fc8 = nn.Linear(4096, num_classes)
     self.pool = nn.MaxPool2d(3, 2)
@@ -157,7 +171,8 @@ def load_jax_params(model: AlexNetTwin, params: Mapping[str, Any]) -> AlexNetTwi
       if kernel.ndim == 4:
         weight = kernel.transpose(3, 2, 0, 1)
       else:
-        weight = (fc6_hwc_to_chw(kernel) if name == 'fc6' else kernel).T
+        weight = (fc6_hwc_to_chw(kernel, model.fc6_side, model.fc6_side) if name == 'fc6'
+                  else kernel).T
       if tuple(weight.shape) != tuple(layer.weight.shape):
         raise ValueError(f'{name}: JAX kernel {kernel.shape} does not fit the twin\'s weight '
                          f'{tuple(layer.weight.shape)}.')
@@ -177,7 +192,8 @@ def torch_grads_as_jax(model: AlexNetTwin) -> dict[str, dict[str, np.ndarray]]:
       kernel = grad.T
       if name == 'fc6':
         # CHW rows back to HWC: the inverse permutation of fc6_hwc_to_chw.
-        kernel = (kernel.reshape(256, 6, 6, -1).transpose(1, 2, 0, 3)
+        side = model.fc6_side
+        kernel = (kernel.reshape(256, side, side, -1).transpose(1, 2, 0, 3)
                   .reshape(kernel.shape[0], -1))
     out[name] = {'kernel': kernel, 'bias': layer.bias.grad.detach().cpu().numpy()}
   return out
