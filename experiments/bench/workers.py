@@ -145,9 +145,10 @@ class SubprocessWorker:
     while b'\n' not in self._buffer:
       ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
       if not ready:
+        tail = self._log_tail()  # before kill(), which removes the log
         self.kill()
         raise RuntimeError(f'{self.config.name}: no reply to {command!r} in {self.timeout_s} s.'
-                           f'\n{self._log_tail()}')
+                           f'\n{tail}')
       chunk = os.read(fd, 65536)
       if not chunk:
         self.proc.wait()
@@ -181,13 +182,21 @@ class SubprocessWorker:
     reply = self._request('finish')
     self.proc.stdin.close()
     self.proc.wait(timeout=120)
-    os.unlink(self.log.name)
+    self._remove_log()
     return reply
 
   def kill(self) -> None:
     if self.proc.poll() is None:
       self.proc.kill()
       self.proc.wait()
+    self._remove_log()
+
+  def _remove_log(self) -> None:
+    """The worker's stderr file is for error messages only: it goes with the worker (a killed
+    or failed worker's too, which used to stay in the temp folder)."""
+    if not self.log.closed:
+      self.log.close()
+      os.unlink(self.log.name)
 
 
 def _framework_module(kind: str) -> str:
