@@ -16,20 +16,32 @@ POOL_WINDOW, POOL_STRIDE = 3, 2
 POOLED_AFTER = ('conv1', 'conv2', 'conv5')
 
 
+def feature_sides(image_size: int = IMAGE_SIZE, conv_layers=None) -> tuple[dict[str, int], int]:
+  """For square inputs of ``image_size``: each conv layer's output side, and the side of the
+  last pool's maps (fc6's input: 6 at the paper's 227, 1 at 67), from the model's layer table."""
+  if conv_layers is None:
+    from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+    conv_layers = model_lib.CONV_LAYERS
+  size, sides = image_size, {}
+  for name, _, ksize, stride, pad, _ in conv_layers:
+    size = sides[name] = (size + 2 * pad - ksize) // stride + 1
+    if name in POOLED_AFTER:
+      size = (size - POOL_WINDOW) // POOL_STRIDE + 1
+  return sides, size
+
+
 def layer_macs(num_classes: int = 1000, conv_layers=None, fc_layers=None,
                image_size: int = IMAGE_SIZE) -> dict[str, int]:
   """Multiply-adds per image of every weighted layer, from the model's layer table."""
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   conv_layers = model_lib.CONV_LAYERS if conv_layers is None else conv_layers
   fc_layers = model_lib.FC_LAYERS if fc_layers is None else fc_layers
-  size, channels, macs = image_size, 3, {}
-  for name, features, ksize, stride, pad, groups in conv_layers:
-    size = (size + 2 * pad - ksize) // stride + 1
-    macs[name] = size * size * features * ksize * ksize * (channels // groups)
+  sides, pooled = feature_sides(image_size, conv_layers)
+  channels, macs = 3, {}
+  for name, features, ksize, _, _, groups in conv_layers:
+    macs[name] = sides[name] ** 2 * features * ksize * ksize * (channels // groups)
     channels = features
-    if name in POOLED_AFTER:
-      size = (size - POOL_WINDOW) // POOL_STRIDE + 1
-  fan_in = size * size * channels
+  fan_in = pooled * pooled * channels
   for name, features in tuple(fc_layers) + (('fc8', num_classes),):
     macs[name] = fan_in * features
     fan_in = features

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experiments.bench import flops
+
 # (name, in, out, kernel, stride, padding, groups): the paper's conv layers, written the PyTorch
 # way (tests/test_torch_twin.py checks them against alexnet_jax.model.CONV_LAYERS).
 CONV_LAYERS = (
@@ -75,17 +77,6 @@ class GroupedLRN(nn.Module):
     return torch.cat([self.norm(part) for part in x.chunk(self.groups, dim=1)], dim=1)
 
 
-def pooled_side(input_size: int) -> int:
-  """The side of conv5's pooled maps, fc6's input, for square inputs of ``input_size``: 6 at the
-  paper's 227, 1 at 67 (the smallest input the network takes)."""
-  size = input_size
-  for name, _, _, ksize, stride, pad, _ in CONV_LAYERS:
-    size = (size + 2 * pad - ksize) // stride + 1
-    if name in ('conv1', 'conv2', 'conv5'):  # the max-pools, 3x3 stride 2
-      size = (size - 3) // 2 + 1
-  return size
-
-
 class AlexNetTwin(nn.Module):
   """The paper's AlexNet in PyTorch, NCHW input (N, 3, 227, 227) -> logits (N, num_classes).
 
@@ -100,7 +91,7 @@ class AlexNetTwin(nn.Module):
     super().__init__()
     for name, cin, cout, ksize, stride, pad, groups in CONV_LAYERS:
       self.add_module(name, nn.Conv2d(cin, cout, ksize, stride, pad, groups=groups))
-    self.fc6_side = pooled_side(input_size)
+    self.fc6_side = flops.feature_sides(input_size)[1]
     self.fc6 = nn.Linear(self.fc6_side * self.fc6_side * 256, 4096)
     self.fc7 = nn.Linear(4096, 4096)
     self.fc8 = nn.Linear(4096, num_classes)
