@@ -150,6 +150,17 @@ def test_a_failing_worker_reports_its_error():
   worker.kill()
 
 
+def test_a_failed_worker_leaves_no_log_file():
+  worker = workers.SubprocessWorker(configs.Config('bad', 'nope', 'bad'), 2, 0, 64)
+  log_path = worker.log.name
+  assert os.path.exists(log_path)
+  with pytest.raises(RuntimeError, match='Unknown configuration kind'):
+    worker.start()  # the error message is read from the log before it goes
+  worker.kill()
+  assert not os.path.exists(log_path)
+  worker.kill()  # a second kill finds nothing left to remove
+
+
 # --------------------------------------------------------------------------------------------
 # A whole run, as the command line does it
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ damaged (a stop, or a start over when asked for).
 import os
 import signal
 
+import jax
 import numpy as np
 import pytest
 
@@ -251,3 +252,12 @@ def test_when_every_checkpoint_is_damaged_the_run_stops_and_start_over_begins_ag
   assert result['step'] == 2 * STEPS_PER_EPOCH
   assert len(os.listdir(os.path.join(workdir, checkpoint_lib.DAMAGED_DIR))) == len(steps)
   _assert_same_end(workdir, reference)
+
+
+def test_fresh_states_of_one_setup_share_one_compiled_init(config):
+  """A start over (or a second fresh run) of one setup reuses the compiled init, not a new one."""
+  s = trainer.setup(config)
+  first, second = resume.initial_state(s), resume.initial_state(s)
+  assert s.init_state._cache_size() == 1  # pylint: disable=protected-access
+  for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(second)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
