@@ -8,6 +8,9 @@ logits almost independent of the conv layers, and LRN only departs from a consta
 when a known mistake is made (towers mixed by LRN, fc6 rows not permuted).
 """
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -183,3 +186,14 @@ def test_caffe_lrn_constants_match_the_jax_lrn():
   got = norm(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
   assert _rel_err(want / x, np.ones_like(x)) > 10 * RTOL  # the normalisation is not trivial
   assert _rel_err(got, want) < RTOL
+
+
+def test_twin_imports_no_jax_and_sizes_fc6_from_its_input():
+  """A PyTorch benchmark worker's memory is PyTorch's alone: building the twin imports no JAX.
+  fc6's input side follows the input (hand-computed: 6 at the paper's 227, 1 at 67)."""
+  code = ('import sys; from experiments.bench import torch_twin; '
+          'sides = [torch_twin.AlexNetTwin(input_size=s).fc6_side for s in (227, 67)]; '
+          'assert sides == [6, 1], sides; '
+          'assert "jax" not in sys.modules, "building the twin imported JAX"')
+  subprocess.run([sys.executable, '-c', code], check=True, timeout=120,
+                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

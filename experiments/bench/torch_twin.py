@@ -33,6 +33,7 @@ cost per step, which is all the benchmark needs.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,8 +41,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from experiments.bench import flops
 
 # (name, in, out, kernel, stride, padding, groups): the paper's conv layers, written the PyTorch
 # way (tests/test_torch_twin.py checks them against alexnet_jax.model.CONV_LAYERS).
@@ -91,15 +90,18 @@ class AlexNetTwin(nn.Module):
     super().__init__()
     for name, cin, cout, ksize, stride, pad, groups in CONV_LAYERS:
       self.add_module(name, nn.Conv2d(cin, cout, ksize, stride, pad, groups=groups))
-    self.fc6_side = flops.feature_sides(input_size)[1]
-    self.fc6 = nn.Linear(self.fc6_side * self.fc6_side * 256, 4096)
-    self.fc7 = nn.Linear(4096, 4096)
-    self.fc8 = nn.Linear(4096, num_classes)
     self.pool = nn.MaxPool2d(3, 2)
     self.norm = (GroupedLRN(lrn_size, lrn_alpha, lrn_beta, lrn_k, groups=lrn_groups) if use_lrn
                  else nn.Identity())
-    self.dropout = nn.Dropout(dropout_rate)
     self.lrn_after_pool = lrn_after_pool
+    # fc6's width follows the input: pool5's side by PyTorch's own shape rules, on a meta copy
+    # of the layers so far (nothing is computed, and the JAX model's table is not imported).
+    probe = torch.empty(1, 3, input_size, input_size, device='meta')
+    self.fc6_side = copy.deepcopy(self).to('meta').features(probe).shape[-1]
+    self.fc6 = nn.Linear(self.fc6_side * self.fc6_side * 256, 4096)
+    self.fc7 = nn.Linear(4096, 4096)
+    self.fc8 = nn.Linear(4096, num_classes)
+    self.dropout = nn.Dropout(dropout_rate)
     self.reset_parameters()
 
   @torch.no_grad()
@@ -118,13 +120,16 @@ class AlexNetTwin(nn.Module):
       return self.norm(self.pool(x))
     return self.pool(self.norm(x))
 
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
+  def features(self, x: torch.Tensor) -> torch.Tensor:
+    """conv1 .. pool5: images -> the maps fc6 flattens."""
     x = self._norm_pool(F.relu(self.conv1(x)))
     x = self._norm_pool(F.relu(self.conv2(x)))
     x = F.relu(self.conv3(x))
     x = F.relu(self.conv4(x))
-    x = self.pool(F.relu(self.conv5(x)))
-    x = torch.flatten(x, 1)  # CHW order; load_jax_params permutes fc6 to match.
+    return self.pool(F.relu(self.conv5(x)))
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = torch.flatten(self.features(x), 1)  # CHW order; load_jax_params permutes fc6 to match.
     x = self.dropout(F.relu(self.fc6(x)))
     x = self.dropout(F.relu(self.fc7(x)))
     return self.fc8(x)
