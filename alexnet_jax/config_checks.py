@@ -10,6 +10,7 @@ of a million images, an LRN window wider than any layer); the rest is left to th
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable
@@ -145,19 +146,15 @@ def get_field(config: ml_collections.ConfigDict, dotted: str, default=None):
 
 
 def smallest_crop() -> int:
-  """The smallest input side that leaves at least one pixel after the network's last pool.
+  """The smallest input side for which every convolution and max-pool of the paper's layer
+  table leaves at least one pixel (67: conv1 15, pool1 7, pool2 3, pool5 1).
 
-  Walks the paper's layer table backwards: each max-pool (3x3, stride 2) after conv1, conv2
-  and conv5, and each convolution (kernel, stride, padding).
+  A search over ``model.feature_sides``: every side grows with the input, so the first input
+  that works is the answer, and the sides are small integers.
   """
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  pooled_after = {'conv1', 'conv2', 'conv5'}
-  side = 1
-  for name, _, kernel, stride, pad, _ in reversed(model_lib.CONV_LAYERS):
-    if name in pooled_after:
-      side = (side - 1) * 2 + 3
-    side = max((side - 1) * stride + kernel - 2 * pad, 1)
-  return side
+  return next(side for side in itertools.count(1)
+              if min(model_lib.feature_sides(side).values()) >= 1)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

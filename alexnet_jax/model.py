@@ -120,6 +120,23 @@ TORCHVISION_CONV_LAYERS = (
 )
 FC_LAYERS = (('fc6', 4096), ('fc7', 4096))
 LAYER_NAMES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+# The overlapping max-pools (window 3, stride 2, no padding): after the LRN of these layers
+# (pool1, pool2; with ``lrn_after_pool`` before it), and after the last conv layer (pool5).
+POOL_WINDOW, POOL_STRIDE = 3, 2
+NORM_POOL_AFTER = ('conv1', 'conv2')
+
+
+def feature_sides(image_size: int, conv_layers=CONV_LAYERS) -> dict[str, int]:
+  """The side of every conv and max-pool output map for square inputs of ``image_size``, in
+  the network's order; the last entry is the map fc6 flattens (before ``avg_pool_size``'s
+  average pool, if any). At the paper's 227: conv1 55, pool1 27, conv2 27, pool2 13, conv3 to
+  conv5 13, pool5 6. A side below 1 means the input is too small for the table."""
+  size, sides = image_size, {}
+  for index, (name, _, kernel, stride, pad, _) in enumerate(conv_layers):
+    size = sides[name] = (size + 2 * pad - kernel) // stride + 1
+    if name in NORM_POOL_AFTER or index == len(conv_layers) - 1:
+      size = sides['pool' + name.removeprefix('conv')] = (size - POOL_WINDOW) // POOL_STRIDE + 1
+  return sides
 
 # Weight std and bias value per layer for each init scheme.
 INITS = {
@@ -385,9 +402,8 @@ class AlexNet(nn.Module):
         return y
       return local_response_norm(y, self.lrn_size, self.lrn_k, self.lrn_alpha, self.lrn_beta,
                                  lrn_groups, self.lrn_impl, self.lrn_grad)
-    if self.lrn_after_pool:
-      return lrn(max_pool(x, impl=pool_impl))
-    return max_pool(lrn(x), impl=pool_impl)
+    pool = lambda y: max_pool(y, POOL_WINDOW, POOL_STRIDE, impl=pool_impl)
+    return lrn(pool(x)) if self.lrn_after_pool else pool(lrn(x))
 
   def _check_shards(self, conv_shards: int, fc_shards: int) -> None:
     """Model parallelism splits what the network allows; errors say what to change."""
@@ -422,9 +438,9 @@ class AlexNet(nn.Module):
                     narrow=impls['narrow_conv_impl'], name=name)(x)
       x = nn.relu(x)
       self.sow('intermediates', f'{name}_out', x)  # features.extract's taps
-      if name in ('conv1', 'conv2'):
+      if name in NORM_POOL_AFTER:
         x = self._norm_pool(x, max(self.lrn_groups // conv_shards, 1), impls['pool_impl'])
-    x = max_pool(x, impl=impls['pool_impl'])
+    x = max_pool(x, POOL_WINDOW, POOL_STRIDE, impl=impls['pool_impl'])
     if self.avg_pool_size is not None:
       x = adaptive_avg_pool(x, self.avg_pool_size)
     return x

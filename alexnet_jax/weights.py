@@ -108,18 +108,15 @@ def layer_plan(model: model_lib.AlexNet, size: int | None = None) -> list[Op]:
   dropout."""
   lrn = ([wf.lrn_op(model.lrn_size, model.lrn_k, model.lrn_alpha, model.lrn_beta,
                     model.lrn_groups)] if model.use_lrn else [])
-  pool = [wf.pool_op('maxpool', 3, 2)]
+  pool = [wf.pool_op('maxpool', model_lib.POOL_WINDOW, model_lib.POOL_STRIDE)]
   ops = []
-  size = input_size(model, size)
   for name, features, kernel, stride, pad, groups in model.conv_layers:
     ops.append(wf.conv_op(features, kernel, stride, (pad,) * 4, groups))
-    size = (size + 2 * pad - kernel) // stride + 1
-    if name in ('conv1', 'conv2'):
+    if name in model_lib.NORM_POOL_AFTER:
       ops += pool + lrn if model.lrn_after_pool else lrn + pool
-      size = (size - 3) // 2 + 1
   ops += pool
-  size = (size - 3) // 2 + 1
-  if model.avg_pool_size is not None and size != model.avg_pool_size:
+  pool5 = model_lib.feature_sides(input_size(model, size), model.conv_layers)['pool5']
+  if model.avg_pool_size is not None and pool5 != model.avg_pool_size:
     ops.append(Op('avgpool', (('adaptive', model.avg_pool_size),)))
   fcs = [f for _, f in model_lib.FC_LAYERS] + [model.num_classes]
   return ops + [Op('fc', (('out', int(f)),)) for f in fcs]

@@ -191,6 +191,24 @@ def test_intermediate_shapes_follow_the_table(model):
     assert pooled.shape == (BATCH, 6, 6, 256)
 
 
+
+def test_feature_sides_by_hand():
+  """The sides the layer table gives, worked out by hand: (side + 2 pad - kernel) // stride + 1
+  for each conv, (side - 3) // 2 + 1 for each max-pool."""
+  paper = ('conv1', 'pool1', 'conv2', 'pool2', 'conv3', 'conv4', 'conv5', 'pool5')
+  sides = model_lib.feature_sides(227)  # the paper's numbers
+  assert list(sides) == list(paper)
+  assert list(sides.values()) == [55, 27, 27, 13, 13, 13, 13, 6]
+  # 67, the smallest input that works: (67 - 11) // 4 + 1 = 15, (15 - 3) // 2 + 1 = 7, ...
+  assert list(model_lib.feature_sides(67).values()) == [15, 7, 7, 3, 3, 3, 3, 1]
+  # One pixel less: pool5 has nothing left ((2 - 3) // 2 + 1 = 0).
+  assert model_lib.feature_sides(66)['pool5'] == 0
+  # torchvision's table at its 224: conv1 padded by 2, (224 + 4 - 11) // 4 + 1 = 55.
+  assert list(model_lib.feature_sides(224, model_lib.TORCHVISION_CONV_LAYERS).values()) == [
+      55, 27, 27, 13, 13, 13, 13, 6]
+  assert list(model_lib.feature_sides(224).values()) == [54, 26, 26, 12, 12, 12, 12, 5]
+
+
 def test_parameter_layout_and_count(model):
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 227, 227, 3)))
   assert set(variables) == {'params'}

@@ -11,23 +11,6 @@ import sys
 from typing import Any
 
 IMAGE_SIZE = 227  # the paper's input; --image-size sets another (the logic at a small one)
-# The max-pools (3x3, stride 2) of the paper's network follow these conv layers.
-POOL_WINDOW, POOL_STRIDE = 3, 2
-POOLED_AFTER = ('conv1', 'conv2', 'conv5')
-
-
-def feature_sides(image_size: int = IMAGE_SIZE, conv_layers=None) -> tuple[dict[str, int], int]:
-  """For square inputs of ``image_size``: each conv layer's output side, and the side of the
-  last pool's maps (fc6's input: 6 at the paper's 227, 1 at 67), from the model's layer table."""
-  if conv_layers is None:
-    from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-    conv_layers = model_lib.CONV_LAYERS
-  size, sides = image_size, {}
-  for name, _, ksize, stride, pad, _ in conv_layers:
-    size = sides[name] = (size + 2 * pad - ksize) // stride + 1
-    if name in POOLED_AFTER:
-      size = (size - POOL_WINDOW) // POOL_STRIDE + 1
-  return sides, size
 
 
 def layer_macs(num_classes: int = 1000, conv_layers=None, fc_layers=None,
@@ -36,12 +19,12 @@ def layer_macs(num_classes: int = 1000, conv_layers=None, fc_layers=None,
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   conv_layers = model_lib.CONV_LAYERS if conv_layers is None else conv_layers
   fc_layers = model_lib.FC_LAYERS if fc_layers is None else fc_layers
-  sides, pooled = feature_sides(image_size, conv_layers)
+  sides = model_lib.feature_sides(image_size, conv_layers)
   channels, macs = 3, {}
   for name, features, ksize, _, _, groups in conv_layers:
     macs[name] = sides[name] ** 2 * features * ksize * ksize * (channels // groups)
     channels = features
-  fan_in = pooled * pooled * channels
+  fan_in = sides['pool5'] ** 2 * channels
   for name, features in tuple(fc_layers) + (('fc8', num_classes),):
     macs[name] = fan_in * features
     fan_in = features

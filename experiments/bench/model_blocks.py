@@ -38,8 +38,7 @@ def capture_layers(model, batch: int) -> dict[str, tuple]:
 
 
 def _pooled(shape: tuple) -> tuple:
-  from experiments.bench.flops import POOL_STRIDE  # pylint: disable=g-import-not-at-top
-  from experiments.bench.flops import POOL_WINDOW  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.model import POOL_STRIDE, POOL_WINDOW  # pylint: disable=g-import-not-at-top
   n, h, w, c = shape
   return (n, (h - POOL_WINDOW) // POOL_STRIDE + 1, (w - POOL_WINDOW) // POOL_STRIDE + 1, c)
 
