@@ -138,6 +138,7 @@ def feature_sides(image_size: int, conv_layers=CONV_LAYERS) -> dict[str, int]:
       size = sides['pool' + name.removeprefix('conv')] = (size - POOL_WINDOW) // POOL_STRIDE + 1
   return sides
 
+
 # Weight std and bias value per layer for each init scheme.
 INITS = {
     # The paper: every weight N(0, 0.01); bias 1 in conv2, conv4, conv5, fc6, fc7, else 0.
