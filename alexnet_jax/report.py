@@ -76,8 +76,14 @@ def read_metrics(workdir: str | os.PathLike, max_step: int | None = None) -> lis
 
 
 # --------------------------------------------------------------------------------------------
-# TensorBoard event files (TensorBoard's own protos and record framing: no TensorFlow, and
-# not tensorboardX, which imports torch whenever it is installed: seconds per process)
+# TensorBoard event files: TensorBoard's own protos and record framing, not a library writer.
+# tensorboard's EventFileWriter opens its file through tensorboard.compat.tf, which imports
+# TensorFlow whenever it is installed (3 s and TF's log lines here), and names it
+# events.out.tfevents.<whole second>.<host>.<pid>.<per-process counter><suffix>: within one
+# second TensorBoard, reading files in name order, reads a resume from a smaller pid, or a
+# counter of 10 after one of 9, before the session it resumes, whatever the suffix (the
+# tests of one second in tests/test_report.py fail with it). tensorboardX imports torch
+# whenever it is installed (2 s per process); clu writes through TensorFlow.
 # --------------------------------------------------------------------------------------------
 class _EventFile:
   """Scalars into one TensorBoard event file of ``logdir``; ``purge_step`` marks a restart, so

@@ -191,3 +191,23 @@ def test_event_files_of_one_second_sort_in_the_order_they_were_opened(tmp_path):
     writer.close()
     opened += sorted(set(os.listdir(tmp_path)) - before)
   assert sorted(opened) == opened and len(set(opened)) == 12
+
+
+def test_tensorboard_reads_a_resume_of_the_same_second_after_the_first_session(tmp_path,
+                                                                              monkeypatch):
+  """A resume within the second the first session started, in a process whose pid is smaller
+  (pids wrap): TensorBoard's own reader must still read the first session first, so that the
+  resumed session's step 30 replaces the first one's. A name ordered by whole seconds, then
+  host and pid (tensorboard's EventFileWriter) reads the resumed file first."""
+  second = 1_800_000_000 * 10**9
+  clock = iter(range(second + 1, second + 10**9, 1000))
+  monkeypatch.setattr(time, 'time_ns', lambda: next(clock))
+  monkeypatch.setattr(os, 'getpid', lambda: 40000)
+  _write_run(tmp_path, steps=(10, 20, 30, 40))
+  monkeypatch.setattr(os, 'getpid', lambda: 300)
+  with report.MetricsWriter(tmp_path, resume_step=20) as writer:
+    writer.write_train(30, 1.5, lr=0.01, train_loss=1.25)
+  assert len(list((tmp_path / 'tensorboard').iterdir())) == 2
+  scalars = _scalars(tmp_path / 'tensorboard')
+  assert [s for s, _ in scalars['train_loss']] == [10, 20, 30]
+  np.testing.assert_allclose([v for _, v in scalars['train_loss']], [6.8, 6.7, 1.25], rtol=1e-6)
