@@ -1,5 +1,6 @@
 """Tests of the embedded offline dataset (alexnet_jax.datasets.shapes)."""
 
+import tempfile
 import time
 
 import numpy as np
@@ -121,3 +122,12 @@ def test_default_config_prepares_in_under_a_minute(tmp_path):
   assert builder.info.splits['train'].num_examples == 3000
   assert builder.info.splits['validation'].num_examples == 500
   assert elapsed < 60, f'preparing took {elapsed:.0f} s of CPU'
+
+
+def test_a_builder_for_an_unprepared_data_dir_leaves_no_temporary_folder(tmp_path, monkeypatch):
+  scratch = tmp_path / 'scratch'
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(scratch))  # where mkdtemp puts its folders
+  builder = tfds.builder(f'{shapes.NAME}/tiny', data_dir=str(tmp_path / 'tfds'))
+  assert not builder.info.splits  # nothing prepared: the info comes from the code
+  assert list(scratch.iterdir()) == []

@@ -197,6 +197,16 @@ def encode_jpeg(pixels: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 # --------------------------------------------------------------------------------------------
 # The TFDS builder
 # --------------------------------------------------------------------------------------------
+class _DrawnDatasetInfo(tfds.core.DatasetInfo):
+  """DatasetInfo of a dataset drawn here: TFDS's cloud bucket never has it."""
+
+  def initialize_from_bucket(self) -> None:
+    # TFDS calls this for a data dir not yet prepared, and its version makes a temporary
+    # folder before it looks in the bucket, then leaves it behind when the dataset is not
+    # there: one empty /tmp/tmp*tfds per builder made. Nothing to look up for drawn data.
+    pass
+
+
 @dataclasses.dataclass
 class ShapesConfig(tfds.core.BuilderConfig):
   num_train: int = 3000
@@ -215,7 +225,7 @@ class AlexnetJaxShapes(tfds.core.GeneratorBasedBuilder):
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return _DrawnDatasetInfo(
         builder=self,
         description=__doc__.split('\n\n')[1],
         features=tfds.features.FeaturesDict({
