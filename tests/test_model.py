@@ -191,7 +191,6 @@ def test_intermediate_shapes_follow_the_table(model):
     assert pooled.shape == (BATCH, 6, 6, 256)
 
 
-
 def test_feature_sides_by_hand():
   """The sides the layer table gives, worked out by hand: (side + 2 pad - kernel) // stride + 1
   for each conv, (side - 3) // 2 + 1 for each max-pool."""
