@@ -126,6 +126,11 @@ POOL_WINDOW, POOL_STRIDE = 3, 2
 NORM_POOL_AFTER = ('conv1', 'conv2')
 
 
+def pool_side(size: int) -> int:
+  """The side of a max-pool's output map (window 3, stride 2, no padding) on a ``size`` map."""
+  return (size - POOL_WINDOW) // POOL_STRIDE + 1
+
+
 def feature_sides(image_size: int, conv_layers=CONV_LAYERS) -> dict[str, int]:
   """The side of every conv and max-pool output map for square inputs of ``image_size``, in
   the network's order; the last entry is the map fc6 flattens (before ``avg_pool_size``'s
@@ -135,7 +140,7 @@ def feature_sides(image_size: int, conv_layers=CONV_LAYERS) -> dict[str, int]:
   for index, (name, _, kernel, stride, pad, _) in enumerate(conv_layers):
     size = sides[name] = (size + 2 * pad - kernel) // stride + 1
     if name in NORM_POOL_AFTER or index == len(conv_layers) - 1:
-      size = sides['pool' + name.removeprefix('conv')] = (size - POOL_WINDOW) // POOL_STRIDE + 1
+      size = sides['pool' + name.removeprefix('conv')] = pool_side(size)
   return sides
 
 

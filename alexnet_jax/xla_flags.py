@@ -1,8 +1,9 @@
 """XLA:CPU flags the project trains with, and the one place that sets them.
 
 XLA reads ``XLA_FLAGS`` once, when JAX first creates a backend, so the flags must be in the
-environment before the first computation. ``python -m alexnet_jax.main`` and the benchmark's
-JAX workers call :func:`use_recommended_cpu_flags`; importing :mod:`alexnet_jax.model` from
+environment before the first computation. ``python -m alexnet_jax.main`` calls
+:func:`use_recommended_cpu_flags` (the benchmark's ``jax_default`` worker gets
+:data:`RECOMMENDED_CPU_FLAGS` in its environment); importing :mod:`alexnet_jax.model` from
 another project changes nothing in that project's process (call the function yourself, first
 thing, to get the same train step).
 

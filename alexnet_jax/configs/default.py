@@ -2,9 +2,9 @@
 
     python -m alexnet_jax.main --workdir runs/
 
-Sized for a 2-core laptop CPU: 748 steps of batch 16, 9 min 40 s to 10 min 8 s per seed on the
-project's 2-core VM in README.md's seed table (its speed drifts by 10-30% over a day; "What the
-main job does" there). Differences from the paper (``imagenet.py``), and why:
+Sized for a 2-core laptop CPU: 748 steps of batch 16, 7 min 20 s to 8 min 42 s per seed on the
+project's 2-core VM in README.md's seed table (0.57-0.67 s per step as the VM slowed down during
+the table; its speed drifts by 10-30% over a day). Differences from the paper (``imagenet.py``), and why:
 - data: the embedded shapes dataset (10 classes, 3000 training and 500 validation images),
   prepared on first use, with its own mean and colour PCA (computed by
   ``alexnet_jax.data_stats``, shipped in ``alexnet_jax.datasets.shapes``);
@@ -47,8 +47,11 @@ images), evaluated along its 4th epoch at 0.002: 76.8% after epoch 3 (step 561),
 images were worse for seed 3: 4 epochs of the first 2800 training images
 (``data.train_split='train[:2800]'``, 700 steps) left the plateau later (~4600 images) and
 reached 82.2%; batch 32 (above) 79.0%. Over seeds 0-4 (README.md's table) the 4th epoch took
-every seed past 85% (87.2-94.6%, from 76.8-85.4% after 3 epochs); the price is time: the runs
-take about 10 minutes, over the 8 that issue 16 asks for, and the spread is 7.4 points.
+every seed past 85% (87.2-94.6%, from 76.8-85.4% after 3 epochs); the spread is 7.4 points,
+over issue 16's 5. The 4th epoch came near the issue's 8 minutes once the main job stopped
+losing time outside the network (README.md, "Where a run's time went"): the same table took
+9 min 40 s to 10 min 8 s per run before, 7 min 20 s to 8 min 42 s after (two runs under 8
+minutes, three over as the VM slowed from 0.57 to 0.67 s per step).
 """
 from alexnet_jax.configs import imagenet
 from alexnet_jax.datasets import shapes

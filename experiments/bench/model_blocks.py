@@ -38,9 +38,9 @@ def capture_layers(model, batch: int) -> dict[str, tuple]:
 
 
 def _pooled(shape: tuple) -> tuple:
-  from alexnet_jax.model import POOL_STRIDE, POOL_WINDOW  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.model import pool_side  # pylint: disable=g-import-not-at-top
   n, h, w, c = shape
-  return (n, (h - POOL_WINDOW) // POOL_STRIDE + 1, (w - POOL_WINDOW) // POOL_STRIDE + 1, c)
+  return (n, pool_side(h), pool_side(w), c)
 
 
 def block_shapes(model, batch: int) -> dict[str, tuple]:
