@@ -2,9 +2,9 @@
 
     python -m alexnet_jax.main --workdir runs/
 
-Sized for a 2-core laptop CPU: 748 steps of batch 16, 7 min 20 s to 8 min 42 s per seed on the
-project's 2-core VM in README.md's seed table (0.57-0.67 s per step as the VM slowed down during
-the table; its speed drifts by 10-30% over a day). Differences from the paper (``imagenet.py``), and why:
+Sized for a 2-core laptop CPU: 748 steps of batch 16, 7 min 20 s to 9 min 8 s per run on the
+project's 2-core VM one evening (0.57-0.71 s per step as the VM slowed down; its speed drifts by
+10-30% over a day; README.md's seed table). Differences from the paper (``imagenet.py``), and why:
 - data: the embedded shapes dataset (10 classes, 3000 training and 500 validation images),
   prepared on first use, with its own mean and colour PCA (computed by
   ``alexnet_jax.data_stats``, shipped in ``alexnet_jax.datasets.shapes``);
