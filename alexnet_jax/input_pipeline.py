@@ -292,7 +292,7 @@ def _options(data_config) -> tf.data.Options:
     options.threading.private_threadpool_size = data_config.threadpool_size
   # One thread per map call: the parallelism comes from parallel calls, not from inside ops.
   options.threading.max_intra_op_parallelism = 1
-  # No autotuning: its model thread sleeps between optimisations (up to a minute) and an
+  # No autotuning: its model thread sleeps between optimisations (for tens of seconds) and an
   # iterator's destructor waits for that sleep to end, which stalled every epoch's end by 0-40 s
   # (TF 2.21). Without it an AUTOTUNE map runs as many calls as the thread pool has threads.
   options.autotune.enabled = False
