@@ -56,8 +56,8 @@ checkpoint with only that rate changed; a resume is bit-identical to an uninterr
   4th epoch at 0.0008       95.2%   94.8%   94.0%   91.2%   96.0%   4.8 points
 
 README.md's seed table: seeds 0, 1 and 2 of this recipe run from the start (equal to their
-resumed runs to every digit), seeds 3 and 4 from these resumes (marked). The 4th epoch came near the issue's
-8 minutes once the main job stopped losing time at epoch ends (README.md, "Where a run's time
+resumed runs to every digit), seeds 3 and 4 from these resumes (marked). The 4th epoch came near
+the issue's 8 minutes once the main job stopped losing time at epoch ends (README.md, "Where a run's time
 went"): the seeds took 9 min 40 s to 10 min 8 s per run before, 7 min 20 s to 8 min 42 s after
 (the VM slowed from 0.57 to 0.67 s per step during that table).
 """
