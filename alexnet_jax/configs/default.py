@@ -2,8 +2,8 @@
 
     python -m alexnet_jax.main --workdir runs/
 
-Sized for a 2-core laptop CPU: 748 steps of batch 16, 7 min 20 s to 9 min 8 s per run on the
-project's 2-core VM one evening (0.57-0.71 s per step as the VM slowed down; its speed drifts by
+Sized for a 2-core laptop CPU: 748 steps of batch 16, 7 min 20 s to 9 min 34 s per run on the
+project's 2-core VM one evening (0.57-0.75 s per step as the VM slowed down; its speed drifts by
 10-30% over a day; README.md's seed table). Differences from the paper (``imagenet.py``), and why:
 - data: the embedded shapes dataset (10 classes, 3000 training and 500 validation images),
   prepared on first use, with its own mean and colour PCA (computed by
@@ -55,11 +55,12 @@ checkpoint with only that rate changed; a resume is bit-identical to an uninterr
   4th epoch at 0.002        94.6%   93.4%   87.2%   91.6%   92.2%   7.4 points
   4th epoch at 0.0008       95.2%   94.8%   94.0%   91.2%   96.0%   4.8 points
 
-README.md's seed table: seeds 0, 1 and 2 of this recipe run from the start (equal to their
-resumed runs to every digit), seeds 3 and 4 from these resumes (marked). The 4th epoch came near
-the issue's 8 minutes once the main job stopped losing time at epoch ends (README.md, "Where a run's time
-went"): the seeds took 9 min 40 s to 10 min 8 s per run before, 7 min 20 s to 8 min 42 s after
-(the VM slowed from 0.57 to 0.67 s per step during that table).
+README.md's seed table: the five seeds of this recipe run from the start, one after another
+(2026-11-30, 22:13-22:59): 95.2%, 94.8%, 94.0%, 91.2%, 96.0% (equal to the resumed runs above to
+every digit), in 8 min 46 s to 9 min 34 s each at 0.68-0.75 s per step. The issue's 8 minutes
+need the VM's faster hours (about 0.6 s per step): the previous recipe's seeds took 7 min 20 s to
+8 min 42 s two hours earlier (0.57-0.67 s per step), and 9 min 40 s to 10 min 8 s per run before
+the main job stopped losing time at epoch ends (README.md, "Where a run's time went").
 """
 from alexnet_jax.configs import imagenet
 from alexnet_jax.datasets import shapes
