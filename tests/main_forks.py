@@ -11,12 +11,19 @@ refused run itself takes), then forks one child per command line, ``parallel`` a
 child runs the module as ``python -m`` does (``runpy``, ``__main__``, ``sys.argv``) with its
 stdout and stderr in those files. JAX's backend is never started here, only in the children,
 so each child sets up its own devices and flags. Prints ``{"returncodes": [...]}`` last.
+
+Forking is safe here because nothing but the main thread runs Python at a fork (checked before
+each one): the imports start a single native thread, NumPy's OpenBLAS server (seen in gdb),
+which OpenBLAS itself shuts down before a fork and restarts after it (its pthread_atfork
+handlers). A forked child has no copy of any other thread, so a lock one of them held would
+stay held in the child forever.
 """
 import json
 import os
 import resource
 import runpy
 import sys
+import threading
 
 MODULE_PREFIX = ['-m', 'alexnet_jax.main']
 
@@ -81,6 +88,8 @@ def main() -> None:
       returncodes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
     if job is None:
       break
+    if threading.active_count() != 1:
+      raise RuntimeError(f'main_forks: threads started before a fork: {threading.enumerate()}')
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
