@@ -57,7 +57,9 @@ checkpoint with only that rate changed; a resume is bit-identical to an uninterr
 
 README.md's seed table: the five seeds of this recipe run from the start, one after another
 (2026-11-30, 22:13-22:59): 95.2%, 94.8%, 94.0%, 91.2%, 96.0% (equal to the resumed runs above to
-every digit), in 8 min 46 s to 9 min 34 s each at 0.68-0.75 s per step. The issue's 8 minutes
+every digit), in 8 min 46 s to 9 min 34 s each at 0.68-0.75 s per step; seeds 0-2 again from
+23:55 in 8 min 16 s to 9 min 13 s (same errors), and a new user's first run with the dataset
+prepared first in 8 min 22 s (0.63 s per step). The issue's 8 minutes
 need the VM's faster hours (about 0.6 s per step): the previous recipe's seeds took 7 min 20 s to
 8 min 42 s two hours earlier (0.57-0.67 s per step), and 9 min 40 s to 10 min 8 s per run before
 the main job stopped losing time at epoch ends (README.md, "Where a run's time went").
