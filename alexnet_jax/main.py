@@ -26,6 +26,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from alexnet_jax import host_malloc  # noqa: E402
 from alexnet_jax import xla_flags  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'default.py')
@@ -229,7 +230,9 @@ def main(argv) -> None:
   warnings.showwarning = _show_warning
   if not verbose:
     sys.stderr = _StderrFilter(sys.stderr)
-  # Before JAX creates its backends (XLA reads its flags then); a value in XLA_FLAGS wins.
+  # Before JAX creates its backends (XLA reads its flags then, and its threads take their malloc
+  # arenas); a value in XLA_FLAGS, or the user's own malloc settings, win.
+  host_malloc.use_for_this_process()
   xla_flags.use_recommended_cpu_flags()
   _initialize_distributed()
   # TensorFlow is imported only by the input pipeline (which keeps it off the accelerators),

@@ -3,7 +3,6 @@ the repository root on sys.path (for experiments/bench).
 
 This runs before any test module imports JAX; XLA reads the flag when its CPU backend starts.
 """
-import ctypes
 import os
 import sys
 
@@ -19,31 +18,16 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-# glibc's allocator as the suite wants it: XLA:CPU gets its large temporaries from malloc,
-# which by default maps and unmaps each of them on every call; in this suite that made a third
-# of the CPU time system time (page faults). Never mapping (mmap_max=0), trimming only past
-# 2 GB of free memory, and two arenas: tests/test_layout.py on 2 cores, wall 66 -> 47 s, system
-# time 33 -> 12 s, user time unchanged, peak RSS 7.4 -> 7.8 GB. The variable reaches the
-# processes started after this line (pytest-xdist's workers, the main-job subprocesses); this
-# process, started before it, gets the same settings from mallopt. A user's own setting wins.
-MALLOC_SETTINGS = {'arena_max': 2, 'mmap_max': 0, 'trim_threshold': 2**31 - 1}
+# glibc's allocator as the main job sets it (alexnet_jax/host_malloc.py): XLA:CPU gets its large
+# temporaries from malloc, which by default maps and unmaps each of them on every call; in this
+# suite that made a third of the CPU time system time (page faults). tests/test_layout.py on 2
+# cores: wall 66 -> 47 s, system time 33 -> 12 s, user time unchanged, peak RSS 7.4 -> 7.8 GB.
+# The variable reaches the processes started after this line (pytest-xdist's workers, the
+# main-job subprocesses); this process, started before it, gets the settings from mallopt.
+from alexnet_jax import host_malloc  # noqa: E402  (imports no JAX)
 
-
-def _tune_malloc() -> None:
-  os.environ['GLIBC_TUNABLES'] = ':'.join(
-      f'glibc.malloc.{name}={value}' for name, value in MALLOC_SETTINGS.items())
-  try:
-    mallopt = ctypes.CDLL(None).mallopt
-  except (OSError, AttributeError):  # not glibc: nothing to tune
-    return
-  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # malloc.h
-  mallopt(m_arena_max, MALLOC_SETTINGS['arena_max'])
-  mallopt(m_mmap_max, MALLOC_SETTINGS['mmap_max'])
-  mallopt(m_trim_threshold, MALLOC_SETTINGS['trim_threshold'])
-
-
-if 'GLIBC_TUNABLES' not in os.environ:
-  _tune_malloc()
+if host_malloc.use_for_this_process():
+  os.environ['GLIBC_TUNABLES'] = host_malloc.glibc_tunables()
 
 import jax  # noqa: E402  (after the flags above)
 
