@@ -21,12 +21,17 @@ import warnings
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
+if __name__ == '__main__':
+  # Before any import starts a thread: a thread keeps the malloc arena it takes first
+  # (alexnet_jax/host_malloc.py).
+  from alexnet_jax import host_malloc  # pylint: disable=g-import-not-at-top
+  host_malloc.use_for_this_process()
+
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from alexnet_jax import host_malloc  # noqa: E402
 from alexnet_jax import xla_flags  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'default.py')
@@ -230,9 +235,7 @@ def main(argv) -> None:
   warnings.showwarning = _show_warning
   if not verbose:
     sys.stderr = _StderrFilter(sys.stderr)
-  # Before JAX creates its backends (XLA reads its flags then, and its threads take their malloc
-  # arenas); a value in XLA_FLAGS, or the user's own malloc settings, win.
-  host_malloc.use_for_this_process()
+  # Before JAX creates its backends (XLA reads its flags then); a value in XLA_FLAGS wins.
   xla_flags.use_recommended_cpu_flags()
   _initialize_distributed()
   # TensorFlow is imported only by the input pipeline (which keeps it off the accelerators),

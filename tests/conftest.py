@@ -21,7 +21,7 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # glibc's allocator as the main job sets it (alexnet_jax/host_malloc.py): XLA:CPU gets its large
 # temporaries from malloc, which by default maps and unmaps each of them on every call; in this
 # suite that made a third of the CPU time system time (page faults). tests/test_layout.py on 2
-# cores: wall 66 -> 47 s, system time 33 -> 12 s, user time unchanged, peak RSS 7.4 -> 7.8 GB.
+# cores: wall 66 -> 49 s, system time 33 -> 7.5 s, user time 57 -> 61 s, peak RSS 7.4 -> 8.3 GB.
 # The variable reaches the processes started after this line (pytest-xdist's workers, the
 # main-job subprocesses); this process, started before it, gets the settings from mallopt.
 from alexnet_jax import host_malloc  # noqa: E402  (imports no JAX)

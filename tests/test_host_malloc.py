@@ -65,11 +65,12 @@ def test_a_users_own_malloc_setting_wins():
   assert faults >= 8 * _PAGES  # the user's setting alone: glibc's default mmap behaviour
 
 
-def test_the_main_job_applies_the_settings_before_jax_starts():
-  # main() calls it before the XLA flags (which must precede the backends) and the trainer.
+def test_the_main_job_applies_the_settings_before_any_thread_starts():
+  # ``python -m alexnet_jax.main`` runs the module as __main__: the call comes before its first
+  # import of a library that may start threads (absl, then JAX, TensorFlow).
   import inspect  # pylint: disable=g-import-not-at-top
   from alexnet_jax import main  # pylint: disable=g-import-not-at-top
-  source = inspect.getsource(main.main)
-  assert (source.index('host_malloc.use_for_this_process()')
-          < source.index('xla_flags.use_recommended_cpu_flags()')
-          < source.index('import trainer'))
+  source = inspect.getsource(main)
+  call = source.index("if __name__ == '__main__':\n")
+  assert source.index('host_malloc.use_for_this_process()', call) < source.index('from absl')
+
