@@ -2,9 +2,10 @@
 
     python -m alexnet_jax.main --workdir runs/
 
-Sized for a 2-core laptop CPU: 748 steps of batch 16, 7 min 20 s to 9 min 34 s per run on the
-project's 2-core VM one evening (0.57-0.75 s per step as the VM slowed down; its speed drifts by
-10-30% over a day; README.md's seed table). Differences from the paper (``imagenet.py``), and why:
+Sized for a 2-core laptop CPU: 748 steps of batch 16, 7 min 07 s to 7 min 50 s per run on the
+project's 2-core VM (2026-12-01, 0.55-0.61 s per step; 8 min 46 s to 9 min 34 s the evening
+before, at 0.68-0.75: its speed drifts by 10-30% over a day; README.md's seed table).
+Differences from the paper (``imagenet.py``), and why:
 - data: the embedded shapes dataset (10 classes, 3000 training and 500 validation images),
   prepared on first use, with its own mean and colour PCA (computed by
   ``alexnet_jax.data_stats``, shipped in ``alexnet_jax.datasets.shapes``);
@@ -56,13 +57,13 @@ checkpoint with only that rate changed; a resume is bit-identical to an uninterr
   4th epoch at 0.0008       95.2%   94.8%   94.0%   91.2%   96.0%   4.8 points
 
 README.md's seed table: the five seeds of this recipe run from the start, one after another
-(2026-11-30, 22:13-22:59): 95.2%, 94.8%, 94.0%, 91.2%, 96.0% (equal to the resumed runs above to
-every digit), in 8 min 46 s to 9 min 34 s each at 0.68-0.75 s per step; seeds 0-2 again from
-23:55 in 8 min 16 s to 9 min 13 s (same errors), and a new user's first run with the dataset
-prepared first in 8 min 22 s (0.63 s per step). The issue's 8 minutes
-need the VM's faster hours (about 0.6 s per step): the previous recipe's seeds took 7 min 20 s to
-8 min 42 s two hours earlier (0.57-0.67 s per step), and 9 min 40 s to 10 min 8 s per run before
-the main job stopped losing time at epoch ends (README.md, "Where a run's time went").
+(2026-12-01, 01:45-02:22): 95.2%, 94.8%, 94.0%, 91.2%, 96.0% (equal to the resumed runs above to
+every digit), in 7 min 07.2 s to 7 min 50.3 s each (0.55-0.61 s per step), within issue 16's
+8 minutes. The same five runs on 2026-11-30, 22:13-22:59, gave the same errors in 8 min 46 s to
+9 min 34 s (0.68-0.75 s per step), and a new user's first run with the dataset prepared first
+took 8 min 22 s (0.63 s per step): the 8 minutes need the VM's faster hours, about 0.6 s per step
+or less. The main job's malloc settings (``alexnet_jax/host_malloc.py``, 0.51-0.55 against 0.57 s
+per step over 120 steps) change no number.
 """
 from alexnet_jax.configs import imagenet
 from alexnet_jax.datasets import shapes
