@@ -21,12 +21,6 @@ import warnings
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
-if __name__ == '__main__':
-  # Before any import starts a thread: a thread keeps the malloc arena it takes first
-  # (alexnet_jax/host_malloc.py).
-  from alexnet_jax import host_malloc  # pylint: disable=g-import-not-at-top
-  host_malloc.use_for_this_process()
-
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402

@@ -3,7 +3,9 @@ the repository root on sys.path (for experiments/bench).
 
 This runs before any test module imports JAX; XLA reads the flag when its CPU backend starts.
 """
+import ctypes
 import os
+import platform
 import sys
 
 # The experiments' code (experiments/bench: the benchmark and the PyTorch twin) is not part of
@@ -18,16 +20,29 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-# glibc's allocator as the main job sets it (alexnet_jax/host_malloc.py): XLA:CPU gets its large
-# temporaries from malloc, which by default maps and unmaps each of them on every call; in this
-# suite that made a third of the CPU time system time (page faults). tests/test_layout.py on 2
-# cores: wall 66 -> 49 s, system time 33 -> 7.5 s, user time 57 -> 61 s, peak RSS 7.4 -> 8.3 GB.
-# The variable reaches the processes started after this line (pytest-xdist's workers, the
-# main-job subprocesses); this process, started before it, gets the settings from mallopt.
-from alexnet_jax import host_malloc  # noqa: E402  (imports no JAX)
+# glibc's allocator for the suite: XLA:CPU gets its large temporaries from malloc, which by
+# default maps and unmaps each of them on every call; in this suite that made a third of the CPU
+# time system time (page faults). One arena, no mmap'd chunks, trimming only past 2 GiB free:
+# tests/test_layout.py on 2 cores, wall 66 -> 49 s, system time 33 -> 7.5 s, user time 57 -> 61
+# s, peak RSS 7.4 -> 8.3 GB. (The main job does not set it: its steps were not reliably faster,
+# experiments/PERF.md attempt 15.) The variable reaches the processes started after this line
+# (pytest-xdist's workers, the main-job subprocesses); this process gets it from mallopt. A
+# user's own setting wins.
+MALLOC_SETTINGS = {'arena_max': (-8, 1), 'mmap_max': (-4, 0), 'trim_threshold': (-1, 2**31 - 1)}
 
-if host_malloc.use_for_this_process():
-  os.environ['GLIBC_TUNABLES'] = host_malloc.glibc_tunables()
+
+def _tune_malloc() -> None:
+  os.environ['GLIBC_TUNABLES'] = ':'.join(
+      f'glibc.malloc.{name}={value}' for name, (_, value) in MALLOC_SETTINGS.items())
+  if platform.libc_ver()[0] == 'glibc':
+    libc = ctypes.CDLL(None)
+    for param, value in MALLOC_SETTINGS.values():  # parameter numbers from glibc's malloc.h
+      libc.mallopt(ctypes.c_int(param), ctypes.c_int(value))
+
+
+if not any(v in os.environ for v in ('GLIBC_TUNABLES', 'MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_',
+                                     'MALLOC_TRIM_THRESHOLD_')):
+  _tune_malloc()
 
 import jax  # noqa: E402  (after the flags above)
 

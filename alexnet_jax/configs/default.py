@@ -62,8 +62,8 @@ every digit), in 7 min 07.2 s to 7 min 50.3 s each (0.55-0.61 s per step), withi
 8 minutes. The same five runs on 2026-11-30, 22:13-22:59, gave the same errors in 8 min 46 s to
 9 min 34 s (0.68-0.75 s per step), and a new user's first run with the dataset prepared first
 took 8 min 22 s (0.63 s per step): the 8 minutes need the VM's faster hours, about 0.6 s per step
-or less. The main job's malloc settings (``alexnet_jax/host_malloc.py``, 0.51-0.55 against 0.57 s
-per step over 120 steps) change no number.
+or less. The table's commit set glibc's malloc in the main job (withdrawn since: not reliably
+faster, experiments/PERF.md attempt 15); the allocator changes no number.
 """
 from alexnet_jax.configs import imagenet
 from alexnet_jax.datasets import shapes
