@@ -92,3 +92,13 @@ def test_ci_runs_exactly_the_readme_test_command():
   assert 'pytest' in command and "pip install -e '.[test]'" in command
   # CI runs the variable it extracted, not a copy of the command.
   assert 'bash -c "$test_cmd"' in script
+
+
+def test_the_readme_test_command_s_workers_come_from_the_test_extra(pyproject):
+  # `pytest -n 2` needs pytest-xdist: a fresh venv with only the `test` extra must have it.
+  command = _readme_test_command()
+  assert re.search(r'pytest -n \d', command), command
+  extras = pyproject['project']['optional-dependencies']
+  assert any(_normalise(Requirement(r).name) == 'pytest-xdist' for r in extras['test'])
+  # Whole files per worker, so a module's fixtures are built once.
+  assert '--dist loadfile' in pyproject['tool']['pytest']['ini_options']['addopts']

@@ -1,0 +1,76 @@
+"""The suite's own machinery: conftest.py's malloc settings reach the processes it starts, and
+main_forks.py refuses to fork while another thread runs."""
+import json
+import os
+import threading
+import platform
+import subprocess
+import sys
+
+import pytest
+
+import conftest
+import main_forks
+
+
+# A thread (as XLA's workers are) allocates, touches and frees 48 MiB ten times and prints the
+# minor page faults that cost. 48 MiB: above glibc's largest automatic mmap threshold (32 MiB),
+# so without the settings each one is mapped and unmapped anew.
+_CHILD = r'''
+import ctypes, resource, threading
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+faults = []
+def work():
+  start = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+  for _ in range(10):
+    p = libc.malloc(48 * 2**20)
+    ctypes.memset(p, 1, 48 * 2**20)
+    libc.free(p)
+  faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - start)
+t = threading.Thread(target=work); t.start(); t.join()
+print(faults[0])
+'''
+_PAGES = 48 * 2**20 // 4096
+_MALLOC_VARIABLES = ('GLIBC_TUNABLES', 'MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_',
+                     'MALLOC_TRIM_THRESHOLD_')
+
+
+def _faults(env: dict) -> int:
+  out = subprocess.run([sys.executable, '-c', _CHILD], env=env, capture_output=True, text=True,
+                       check=True, timeout=120)
+  return int(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc only')
+def test_the_started_processes_keep_a_threads_big_allocations_mapped():
+  expected = ':'.join(f'glibc.malloc.{name}={value}'
+                      for name, (_, value) in conftest.MALLOC_SETTINGS.items())
+  tunables = os.environ.get('GLIBC_TUNABLES', '')
+  if any(v in os.environ for v in _MALLOC_VARIABLES[1:]) or (
+      tunables != expected and 'glibc.malloc' in tunables):
+    pytest.skip('the suite was started with its own malloc settings (they win)')
+  assert tunables == expected  # conftest exported its settings
+  plain = {k: v for k, v in os.environ.items() if k not in _MALLOC_VARIABLES}
+  assert _faults(plain) >= 8 * _PAGES  # mapped and unmapped each time
+  assert _faults(dict(os.environ)) <= 2 * _PAGES  # mapped once, reused nine times
+
+
+def test_main_forks_refuses_to_fork_while_a_thread_runs(tmp_path, monkeypatch):
+  # A forked child has no copy of the other threads: a lock one held would stay held forever.
+  jobs = tmp_path / 'jobs.json'
+  jobs.write_text(json.dumps({'parallel': 1, 'jobs': [
+      {'argv': [sys.executable, '-m', 'alexnet_jax.main'], 'stdout': str(tmp_path / 'out'),
+       'stderr': str(tmp_path / 'err')}]}))
+  release = threading.Event()
+  thread = threading.Thread(target=release.wait, name='started_by_a_preload', daemon=True)
+  monkeypatch.setattr(main_forks, '_preload', thread.start)
+  monkeypatch.setattr(sys, 'argv', ['main_forks.py', str(jobs)])
+  pid = os.getpid()
+  try:
+    with pytest.raises(RuntimeError, match='started_by_a_preload'):
+      main_forks.main()
+  finally:
+    release.set()
+  assert os.getpid() == pid and not (tmp_path / 'out').exists()  # nothing was forked
