@@ -16,6 +16,8 @@ it runs once per test session.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import io
 import json
@@ -133,12 +135,20 @@ def make_image_folder(root: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Running the main job
 # --------------------------------------------------------------------------------------------
+def child_xla_flags(devices: int) -> str:
+  """The test process's ``XLA_FLAGS`` (conftest's, a user's own) for a process of its own with
+  ``devices`` fake CPU devices."""
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count=')]
+  return ' '.join(flags + [f'--xla_force_host_platform_device_count={devices}'])
+
+
 class Session:
   """Per-test-session paths: the image folder and the shared compilation cache."""
 
-  def __init__(self, base: str):
+  def __init__(self, base: str, folder: str | None = None):
     self.base = base
-    self.folder = make_image_folder(os.path.join(base, 'images'))
+    self.folder = folder or make_image_folder(os.path.join(base, 'images'))
     self.cache_dir = os.path.join(base, 'jax_cache')
     self._counter = 0
 
@@ -152,7 +162,7 @@ class Session:
     env = dict(os.environ)
     env.update({
         # 2 devices (the test process's conftest asks for 4 for itself).
-        'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+        'XLA_FLAGS': child_xla_flags(2),
         'JAX_PLATFORMS': 'cpu',
         'JAX_COMPILATION_CACHE_DIR': self.cache_dir,
         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
@@ -297,11 +307,41 @@ def leaves_with_paths(tree) -> list[tuple[str, object]]:
 _SESSION = None
 
 
+def _shared_dir(tmp_path_factory) -> str | None:
+  """Under pytest-xdist, a directory all workers of this test session share; else None."""
+  if not os.environ.get('PYTEST_XDIST_WORKER'):
+    return None
+  path = os.path.join(str(tmp_path_factory.getbasetemp().parent), 'main_job_shared')
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+  """Holds an exclusive lock on ``path + '.lock'`` (one worker at a time)."""
+  with open(path + '.lock', 'a', encoding='utf-8') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def session(tmp_path_factory) -> Session:
-  """The test session's :class:`Session` (one image folder and compilation cache for all)."""
+  """The test session's :class:`Session` (one image folder and compilation cache for all).
+
+  Under pytest-xdist each worker has its own Session (its directories, its compilation cache)
+  but all of them read one image folder.
+  """
   global _SESSION  # pylint: disable=global-statement
   if _SESSION is None:
-    _SESSION = Session(str(tmp_path_factory.mktemp('main_job')))
+    folder, shared = None, _shared_dir(tmp_path_factory)
+    if shared is not None:
+      folder = os.path.join(shared, 'images')
+      with _locked(folder):
+        if not os.path.isdir(folder):
+          make_image_folder(folder)
+    _SESSION = Session(str(tmp_path_factory.mktemp('main_job')), folder)
   return _SESSION
 
 
@@ -316,9 +356,40 @@ def _run_once(base_id: int, name: str, flags: tuple[str, ...]) -> tuple[str, Res
 
 
 def reference_run(tmp_path_factory) -> tuple[str, Result]:
-  """(workdir, result) of the uninterrupted tiny run; runs once per session. Read it only."""
+  """(workdir, result) of the uninterrupted tiny run; runs once per session. Read it only.
+
+  Under pytest-xdist the first worker that asks runs it (the others wait for it) and each
+  worker's compilation cache gets the programs it compiled.
+  """
   s = session(tmp_path_factory)
-  return _run_once(id(s), 'reference', ())
+  shared = _shared_dir(tmp_path_factory)
+  if shared is None:
+    return _run_once(id(s), 'reference', ())
+  return _shared_reference_run(id(s), shared)
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_reference_run(base_id: int, shared: str) -> tuple[str, Result]:
+  del base_id  # the cache key: one run per session
+  s = _SESSION
+  record, cache_dir = os.path.join(shared, 'reference.json'), os.path.join(shared, 'jax_cache')
+  with _locked(record):
+    if not os.path.exists(record):
+      workdir = os.path.join(shared, 'reference')
+      result = s.run(s.command(workdir), timeout=420,
+                     env=s.env(JAX_COMPILATION_CACHE_DIR=cache_dir))
+      assert result.returncode == 0, result
+      with open(record, 'w', encoding='utf-8') as f:
+        json.dump({'workdir': workdir, **vars(result)}, f)
+  with open(record, encoding='utf-8') as f:
+    saved = json.load(f)
+  # The run has ended: its cache entries are whole and never rewritten, so links are safe.
+  os.makedirs(s.cache_dir, exist_ok=True)
+  for name in os.listdir(cache_dir):
+    if (os.path.isfile(os.path.join(cache_dir, name))
+        and not os.path.exists(os.path.join(s.cache_dir, name))):
+      os.link(os.path.join(cache_dir, name), os.path.join(s.cache_dir, name))
+  return saved.pop('workdir'), Result(**saved)
 
 
 def copy_workdir(source: str, destination: str) -> str:
