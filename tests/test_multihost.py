@@ -42,6 +42,8 @@ from alexnet_jax import resume
 from alexnet_jax import trainer
 from alexnet_jax.configs import default as default_config
 
+import tiny_config
+
 pytestmark = pytest.mark.slow
 
 NUM_PROCESSES = 2
@@ -126,7 +128,7 @@ def _compilation_cache(tmp_path_factory):
 def _child_env(devices: int = DEVICES_PER_PROCESS) -> dict[str, str]:
   # Proxy variables can route gRPC's loopback connections through a proxy (JAX warns: hangs).
   env = {k: v for k, v in os.environ.items() if not k.lower().endswith('_proxy')}
-  env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  env.update(XLA_FLAGS=tiny_config.child_xla_flags(devices),
              JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2',
              **_COMPILATION_CACHE)
   return env

@@ -1,11 +1,12 @@
-"""The suite's own machinery: conftest.py's malloc settings reach the processes it starts, and
-main_forks.py refuses to fork while another thread runs."""
+"""The suite's own machinery: conftest.py's malloc settings reach the processes it starts, its
+XLA flags change no number, and main_forks.py refuses to fork while another thread runs."""
 import json
 import os
 import threading
 import platform
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -55,6 +56,42 @@ def test_the_started_processes_keep_a_threads_big_allocations_mapped():
   plain = {k: v for k, v in os.environ.items() if k not in _MALLOC_VARIABLES}
   assert _faults(plain) >= 8 * _PAGES  # mapped and unmapped each time
   assert _faults(dict(os.environ)) <= 2 * _PAGES  # mapped once, reused nine times
+
+
+# Two train steps of the paper's network (dropout, LRN, max-pools, the CPU's custom gradients
+# and conv1's space-to-depth, momentum and weight decay) and a 10-crop evaluation, at the
+# smallest input the network takes; prints a hash of every resulting byte.
+_NUMBERS = textwrap.dedent("""
+    import hashlib, jax, jax.numpy as jnp, numpy as np
+    from alexnet_jax import model as model_lib, optim, steps as steps_lib
+    model, tx = model_lib.AlexNet(num_classes=10), optim.sgd_with_injected_lr(0.01)
+    state = jax.jit(lambda k: steps_lib.create_train_state(k, model, tx, (1, 67, 67, 3)))(
+        jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batch = {'image': jnp.asarray(rng.normal(0, 50, (4, 67, 67, 3)), jnp.float32),
+             'label': jnp.asarray(rng.integers(0, 10, 4), jnp.int32)}
+    step, _ = steps_lib.make_single_device_steps(model, tx)
+    for _ in range(2):
+      state, metrics = step(state, batch)
+    crops = jnp.asarray(rng.normal(0, 50, (2, 10, 67, 67, 3)), jnp.float32)
+    probs = jax.jit(model_lib.predict_probabilities, static_argnums=0)(
+        model, {'params': state.params}, crops)
+    digest = hashlib.sha256()
+    for x in jax.tree_util.tree_leaves((state, metrics, probs)):
+      digest.update(np.asarray(x).tobytes())
+    print(digest.hexdigest())
+    """)
+
+
+def test_the_suites_xla_flags_change_no_number():
+  digests = {}
+  for flags in ((), conftest.SUITE_XLA_FLAGS):
+    env = {**os.environ, 'XLA_FLAGS': ' '.join(('--xla_force_host_platform_device_count=1',)
+                                               + flags)}
+    out = subprocess.run([sys.executable, '-c', _NUMBERS], env=env, capture_output=True,
+                         text=True, check=True, timeout=300)
+    digests[flags] = out.stdout.split()[-1]
+  assert len(set(digests.values())) == 1, digests
 
 
 def test_main_forks_refuses_to_fork_while_a_thread_runs(tmp_path, monkeypatch):
