@@ -16,6 +16,7 @@ parameter is replicated on gives the full gradient.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -51,13 +52,6 @@ def create_train_state(rng: jax.Array, model: model_lib.AlexNet,
 # --------------------------------------------------------------------------------------------
 # The mesh context a step runs in. ``Collectives()`` (the default) is one device.
 # --------------------------------------------------------------------------------------------
-def _product(values) -> int:
-  result = 1
-  for v in values:
-    result *= v
-  return result
-
-
 @flax.struct.dataclass
 class Collectives:
   """How a per-device step talks to the rest of the mesh (static, from ``alexnet_jax.layout``).
@@ -73,10 +67,10 @@ class Collectives:
   grad_sum_axes: Any = flax.struct.field(pytree_node=False, default=None)
 
   def num_devices(self) -> int:
-    return _product(lax.axis_size(axis) for axis in self.mesh_axes)
+    return math.prod(lax.axis_size(axis) for axis in self.mesh_axes)
 
   def num_batch_shards(self) -> int:
-    return _product(lax.axis_size(axis) for axis in self.batch_axes)
+    return math.prod(lax.axis_size(axis) for axis in self.batch_axes)
 
   def device_index(self) -> jax.Array:
     """A distinct integer per device of the mesh (0 on one device)."""
