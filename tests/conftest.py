@@ -16,10 +16,10 @@ if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
 # XLA:CPU's elemental emitters instead of its newer fusion emitters, for the suite only: the
-# same programs compile with about a third less CPU (a 67-px train step 5.0 -> 3.2 s, a 227-px
-# one 10.7 -> 8.7 s), run as fast, and give the same numbers to the bit (checked in a fresh
-# process by tests/test_suite_setup.py). Compiling was a third of the suite's time. A user's
-# own value of a flag wins.
+# same programs compile with less CPU (a 67-px train step 5.0 -> 3.2 s, a 227-px first step
+# 10.7 -> 8.7 s; XLA's compile time summed over the suite 400 -> 301 s, about a quarter of its
+# test time before), run as fast, and give the same numbers to the bit (checked in a fresh
+# process by tests/test_suite_setup.py). A user's own value of a flag wins.
 SUITE_XLA_FLAGS = ('--xla_cpu_use_fusion_emitters=false',)
 
 
