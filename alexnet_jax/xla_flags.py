@@ -13,7 +13,7 @@ Each flag is measured in experiments/PERF.md against the same step without it.
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 
 RECOMMENDED_CPU_FLAGS = (
     # Copy insertion proves that a donated parameter is read (forward, backward, SGD) before its
@@ -27,11 +27,16 @@ def _flag_name(flag: str) -> str:
   return flag.split('=', 1)[0]
 
 
+def with_flags(xla_flags: str, flags: Sequence[str]) -> str:
+  """``xla_flags`` plus each of ``flags`` it does not set already (the user's value wins)."""
+  present = {_flag_name(f) for f in xla_flags.split()}
+  added = [f for f in flags if _flag_name(f) not in present]
+  return ' '.join(xla_flags.split() + added)
+
+
 def with_recommended_cpu_flags(xla_flags: str) -> str:
   """``xla_flags`` plus each recommended flag it does not set already (the user's value wins)."""
-  present = {_flag_name(f) for f in xla_flags.split()}
-  added = [f for f in RECOMMENDED_CPU_FLAGS if _flag_name(f) not in present]
-  return ' '.join(xla_flags.split() + added)
+  return with_flags(xla_flags, RECOMMENDED_CPU_FLAGS)
 
 
 def use_recommended_cpu_flags(environ: MutableMapping[str, str] | None = None) -> bool:

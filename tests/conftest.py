@@ -15,22 +15,17 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
+from alexnet_jax import xla_flags  # noqa: E402  (imports neither JAX nor TensorFlow)
+
 # XLA:CPU's elemental emitters instead of its newer fusion emitters, for the suite only: the
 # same programs compile with less CPU (a 67-px train step 5.0 -> 3.2 s, a 227-px first step
 # 10.7 -> 8.7 s; XLA's compile time summed over the suite 400 -> 301 s, about a quarter of its
 # test time before), run as fast, and give the same numbers to the bit (checked in a fresh
 # process by tests/test_suite_setup.py). A user's own value of a flag wins.
 SUITE_XLA_FLAGS = ('--xla_cpu_use_fusion_emitters=false',)
-
-
-def _with_suite_xla_flags(flags: str) -> str:
-  present = {f.split('=', 1)[0] for f in flags.split()}
-  added = [f for f in SUITE_XLA_FLAGS if f.split('=', 1)[0] not in present]
-  return ' '.join(flags.split() + added)
-
-
-os.environ['XLA_FLAGS'] = _with_suite_xla_flags(
-    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4')
+os.environ['XLA_FLAGS'] = xla_flags.with_flags(
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4',
+    SUITE_XLA_FLAGS)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')

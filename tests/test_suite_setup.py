@@ -1,5 +1,8 @@
 """The suite's own machinery: conftest.py's malloc settings reach the processes it starts, its
-XLA flags change no number, and main_forks.py refuses to fork while another thread runs."""
+XLA flags reach them too and change no number, the collected imports are frozen for the garbage
+collector, pytest-xdist's workers share one tiny reference run, and main_forks.py refuses to
+fork while another thread runs."""
+import gc
 import json
 import os
 import threading
@@ -12,6 +15,7 @@ import pytest
 
 import conftest
 import main_forks
+import tiny_config
 
 
 # A thread (as XLA's workers are) allocates, touches and frees 48 MiB ten times and prints the
@@ -92,6 +96,29 @@ def test_the_suites_xla_flags_change_no_number():
                          text=True, check=True, timeout=300)
     digests[flags] = out.stdout.split()[-1]
   assert len(set(digests.values())) == 1, digests
+
+
+def test_the_child_processes_keep_the_suites_xla_flags_with_their_own_device_count(tmp_path):
+  flags = tiny_config.Session(str(tmp_path)).env()['XLA_FLAGS'].split()
+  assert set(conftest.SUITE_XLA_FLAGS) <= set(flags)
+  assert [f for f in flags if 'device_count' in f] == ['--xla_force_host_platform_device_count=2']
+
+
+def test_the_collected_imports_are_frozen_for_the_garbage_collector():
+  assert gc.get_freeze_count() > 10_000  # JAX, TensorFlow, Orbax: hundreds of thousands
+
+
+@pytest.mark.skipif(not os.environ.get('PYTEST_XDIST_WORKER'), reason='pytest-xdist only')
+def test_the_workers_share_one_reference_run(tiny_session, tiny_reference, tmp_path_factory):
+  workdir, _ = tiny_reference
+  shared = os.path.join(str(tmp_path_factory.getbasetemp().parent), 'main_job_shared')
+  assert os.path.dirname(workdir) == shared  # not this worker's own directory
+  assert os.path.dirname(tiny_session.folder) == shared
+  entries = os.listdir(os.path.join(shared, 'jax_cache'))
+  assert entries  # the run's compiled programs, each linked into this worker's cache
+  for name in entries:
+    assert os.path.samefile(os.path.join(shared, 'jax_cache', name),
+                            os.path.join(tiny_session.cache_dir, name))
 
 
 def test_main_forks_refuses_to_fork_while_a_thread_runs(tmp_path, monkeypatch):
