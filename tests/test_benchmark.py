@@ -220,25 +220,29 @@ def test_command_line_run_writes_complete_results(tmp_path):
 # --gpu: the same logic on the CPU at batch 2, with a synthetic input pipeline
 # --------------------------------------------------------------------------------------------
 def test_gpu_path_logic_on_cpu():
+  """At the smallest input the network takes: the logic does not depend on the size, and a
+  227-px step's compilation was most of this test's time."""
+  size = 67
   rng = np.random.default_rng(0)
 
   def fake_pipeline(batch):
     def batches():
       while True:
-        yield {'image': rng.normal(size=(batch, 227, 227, 3)).astype(np.float32),
+        yield {'image': rng.normal(size=(batch, size, size, 3)).astype(np.float32),
                'label': rng.integers(0, 1000, batch).astype(np.int32)}
     return 1000, batches()
 
   # float32 defaults: the bf16 path only changes the model's dtype (tested in test_model.py).
   data = gpu.run_gpu([2], steps=2, warmup=0, matmul_size=64, model_options={}, chain=2,
                        e2e_steps=2, e2e_batch=2, batches_factory=fake_pipeline,
-                       log=lambda m: None)
-  assert data['ceiling_gflops'] > 0
+                       log=lambda m: None, image_size=size)
+  assert data['ceiling_gflops'] > 0 and data['settings']['image_size'] == size
   (train,) = [r for r in data['results'] if r['kind'] == 'jax']
   assert train['batch'] == 2 and len(train['step_times_s']) == 2
   assert train['images_per_s'] == pytest.approx(2 / train['median_s'])
+  flops = flops_lib.analytic_flops(2, image_size=size)['step']
   assert train['fraction_of_ceiling'] == pytest.approx(
-      flops_lib.analytic_flops(2)['step'] / train['median_s'] / 1e9 / data['ceiling_gflops'])
+      flops / train['median_s'] / 1e9 / data['ceiling_gflops'])
   e2e = data['end_to_end']
   assert e2e['batch'] == 2 and e2e['num_classes'] == 1000
   for key in ('pipeline_images_per_s', 'step_images_per_s', 'end_to_end_images_per_s'):
@@ -285,6 +289,7 @@ def test_no_donation_configuration_keeps_the_state():
   import jax.numpy as jnp
   from alexnet_jax import optim
   from alexnet_jax import steps as steps_lib
+  from alexnet_jax import unrolled_threefry
 
   config = configs.parse_config('jax_no_donation')
   assert config.donate is False and configs.PRESETS['jax_default'].donate is True
@@ -296,7 +301,8 @@ def test_no_donation_configuration_keeps_the_state():
   # and one compiled init for both states (eager, it runs op by op).
   shape = (1, 67, 67, 3)
   batch = {'image': jnp.ones(shape), 'label': jnp.zeros((1,), jnp.int32)}
-  new_state = jax.jit(lambda key: steps_lib.create_train_state(key, model, tx, shape))
+  new_state = unrolled_threefry.jit(
+      lambda key: steps_lib.create_train_state(key, model, tx, shape))
   for donate in (False, True):
     state = new_state(jax.random.key(0))
     step, _ = steps_lib.make_single_device_steps(model, tx, donate_state=donate)

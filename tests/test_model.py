@@ -16,6 +16,7 @@ from flax import linen as nn
 from jax import lax
 
 from alexnet_jax import model as model_lib
+from alexnet_jax import unrolled_threefry
 from alexnet_jax.model import AlexNet, count_params, grouped_conv, max_pool, predict_probabilities
 from experiments.bench.model_options import max_pool_strided_slices
 
@@ -107,7 +108,7 @@ def model():
 
 @pytest.fixture(scope='module')
 def variables(model):
-  return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 227, 227, 3)))
+  return unrolled_threefry.jit(model.init)(jax.random.key(0), jnp.zeros((1, 227, 227, 3)))
 
 
 @pytest.fixture(scope='module')
@@ -362,7 +363,7 @@ def test_paper_init(variables):
 def test_caffe_init():
   # At the smallest input (fc6 256 x 4096, not 9216 x 4096): a scheme's stds are per layer, not
   # per fan-in, and a million draws still pin fc6's std; a third of the random bits to make.
-  params = jax.jit(AlexNet(init_scheme='caffe').init)(
+  params = unrolled_threefry.jit(AlexNet(init_scheme='caffe').init)(
       jax.random.key(1), jnp.zeros((1, 67, 67, 3)))['params']
   _check_init(params, 'caffe')
   assert float(np.std(params['fc6']['kernel'])) == pytest.approx(0.005, rel=1e-2)

@@ -26,11 +26,14 @@ GPU_MODEL_OPTIONS = {'dtype': 'bfloat16', 'conv_impl': 'feature_group_count',
                      'conv1_impl': 'direct', 'lrn_grad': 'autodiff'}
 
 
-def embedded_batches(batch: int, data_dir: str | None, tiny: bool):
-  """(num_classes, an endless iterator of host batches) from the project's input pipeline."""
+def embedded_batches(batch: int, data_dir: str | None, tiny: bool,
+                     crop_size: int = flops_lib.IMAGE_SIZE):
+  """(num_classes, an endless iterator of host batches of ``crop_size`` crops) from the
+  project's input pipeline."""
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config = input_pipeline.default_data_config()
   config.data_dir = data_dir
+  config.crop_size = crop_size
   if tiny:
     config.name = 'alexnet_jax_shapes/tiny'
   info = input_pipeline.get_dataset_info(config)  # Prepares the embedded dataset once.
@@ -97,10 +100,10 @@ def run_end_to_end(runner: JaxTrainRunner, steps: int, batches,
 
 
 def _train_row(name: str, batch: int, info: dict, timed: list[dict], model_options: dict,
-               ceiling: float) -> dict:
+               ceiling: float, image_size: int) -> dict:
   times = [s['t'] for s in timed]
   median = statistics.median(times)
-  flops = flops_lib.analytic_flops(batch)
+  flops = flops_lib.analytic_flops(batch, image_size=image_size)
   return {
       'config': name, 'kind': 'jax', 'batch': batch, 'model_options': model_options,
       'step_times_s': times, 'median_s': median, 'images_per_s': batch / median,
@@ -111,27 +114,32 @@ def _train_row(name: str, batch: int, info: dict, timed: list[dict], model_optio
       'losses': [s['loss'] for s in timed]}
 
 
-def _end_to_end(workers, model_options, e2e_steps, e2e_batch, batches_factory, log):
+def _end_to_end(workers, model_options, e2e_steps, e2e_batch, batches_factory, log,
+                image_size):
   num_classes, batches = batches_factory(e2e_batch)
   reuse = workers.get(f'train_b{e2e_batch}')
   if reuse is not None and reuse.runner.num_classes == num_classes:
     runner = reuse.runner  # Same compiled step: no second compilation.
   else:
-    runner = JaxTrainRunner(e2e_batch, model_options, num_classes)
+    runner = JaxTrainRunner(e2e_batch, model_options, num_classes, image_size=image_size)
     runner.setup()
   return run_end_to_end(runner, e2e_steps, batches, log)
 
 
 def run_gpu(batch_sizes: Sequence[int], steps: int, warmup: int, matmul_size: int,
             model_options: dict, chain: int, e2e_steps: int, e2e_batch: int,
-            batches_factory=None, log: Callable[[str], None] = print) -> dict:
-  """The single-device bf16 benchmark in this process (JAX only); see :func:`main`."""
+            batches_factory=None, log: Callable[[str], None] = print,
+            image_size: int = flops_lib.IMAGE_SIZE) -> dict:
+  """The single-device bf16 benchmark in this process (JAX only); see :func:`main`.
+
+  ``batches_factory(batch)`` gives (num_classes, host batches of ``image_size`` crops).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   workers = {'matmul_bf16': workers_lib.LocalWorker(
       MatmulRunner('jax', matmul_size, 'bfloat16', chain=chain), warmup)}
   for batch in batch_sizes:
     workers[f'train_b{batch}'] = workers_lib.LocalWorker(
-        JaxTrainRunner(batch, model_options, chain=chain), warmup)
+        JaxTrainRunner(batch, model_options, chain=chain, image_size=image_size), warmup)
   infos = {}
   for name, worker in workers.items():
     log(f'starting {name}')
@@ -142,10 +150,11 @@ def run_gpu(batch_sizes: Sequence[int], steps: int, warmup: int, matmul_size: in
   results = [{'config': 'matmul_bf16', 'kind': 'matmul_jax', 'n': matmul_size,
               'step_times_s': [s['t'] for s in timed['matmul_bf16']], 'gflops': ceiling}]
   results += [_train_row(f'train_b{b}', b, infos[f'train_b{b}'], timed[f'train_b{b}'],
-                         model_options, ceiling) for b in batch_sizes]
+                         model_options, ceiling, image_size) for b in batch_sizes]
   e2e = None
   if e2e_steps > 0:
-    e2e = _end_to_end(workers, model_options, e2e_steps, e2e_batch, batches_factory, log)
+    e2e = _end_to_end(workers, model_options, e2e_steps, e2e_batch, batches_factory, log,
+                      image_size)
   del workers
   device = jax.devices()[0]
   return {'benchmark': 'alexnet_jax train step, one device, bf16 compute / fp32 params',
@@ -155,6 +164,7 @@ def run_gpu(batch_sizes: Sequence[int], steps: int, warmup: int, matmul_size: in
                       'backend': jax.default_backend()},
           'settings': {'batch_sizes': list(batch_sizes), 'timed_steps': steps,
                        'warmup_steps': warmup, 'chain': chain, 'matmul_size': matmul_size,
+                       'image_size': image_size,
                        'model_options': model_options},
           'ceiling_gflops': ceiling, 'results': results, 'end_to_end': e2e}
 
@@ -200,8 +210,9 @@ def main(args):
     options.update(json.loads(args.gpu_model_options))
   data = run_gpu(batch_sizes, args.steps, args.warmup, args.matmul_size or (128 if dry else 8192),
                  options, chain=1 if dry else 5, e2e_steps=e2e_steps, e2e_batch=e2e_batch,
-                 batches_factory=lambda b: embedded_batches(b, args.data_dir, tiny=dry),
-                 log=lambda m: print(m, file=sys.stderr, flush=True))
+                 batches_factory=lambda b: embedded_batches(b, args.data_dir, tiny=dry,
+                                                            crop_size=args.image_size),
+                 log=lambda m: print(m, file=sys.stderr, flush=True), image_size=args.image_size)
   table = gpu_markdown(data)
   print(table)
   json_path = (args.json if args.json != report.DEFAULT_JSON
