@@ -50,8 +50,11 @@ def _sgd_block(model):
   import optax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
   from alexnet_jax import steps  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import unrolled_threefry  # pylint: disable=g-import-not-at-top
   tx = optim.sgd_with_injected_lr(0.01)
-  state = steps.create_train_state(jax.random.key(0), model, tx)
+  # Jitted (eager, init runs the forward pass op by op), with the init's fast-compiling hash.
+  state = unrolled_threefry.jit(lambda key: steps.create_train_state(key, model, tx))(
+      jax.random.key(0))
   grads = jax.tree_util.tree_map(lambda p: p * 1e-3, state.params)
 
   def update(params, opt_state, grads):
@@ -107,18 +110,22 @@ def jax_block(block: str, batch: int, options: dict):
   """(forward fn, forward+backward fn, args) of one block of the JAX model, jitted."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import unrolled_threefry  # pylint: disable=g-import-not-at-top
   model = _model(options)
   if block == 'sgd':
     return _sgd_block(model)
-  keys = iter(jax.random.split(jax.random.key(0), 8))
-  if block.startswith(('norm', 'pool')):
-    shape = model_blocks.block_shapes(model, batch)[block]
-    fn = model_blocks.lrn_fn(model) if block.startswith('norm') else model_blocks.pool_fn(model)
-    f, args, argnums = fn, (jax.random.normal(next(keys), shape, jnp.float32) * 10.0,), (0,)
-  else:
-    f, args, argnums = _layer_block(block, model, batch, keys)
-  out = jax.eval_shape(f, *args)
-  cotangent = jax.random.normal(next(keys), out.shape, out.dtype)
+  # The inputs' draws (each new shape compiles a hash: 1 s faster unrolled, the same bits); the
+  # blocks are jitted below and compile with JAX's own hash, as the train step does.
+  with unrolled_threefry.on_cpu():
+    keys = iter(jax.random.split(jax.random.key(0), 8))
+    if block.startswith(('norm', 'pool')):
+      shape = model_blocks.block_shapes(model, batch)[block]
+      fn = model_blocks.lrn_fn(model) if block.startswith('norm') else model_blocks.pool_fn(model)
+      f, args, argnums = fn, (jax.random.normal(next(keys), shape, jnp.float32) * 10.0,), (0,)
+    else:
+      f, args, argnums = _layer_block(block, model, batch, keys)
+    out = jax.eval_shape(f, *args)
+    cotangent = jax.random.normal(next(keys), out.shape, out.dtype)
   return jax.jit(f), jax.jit(_vjp_fn(f, argnums, cotangent)), args
 
 
