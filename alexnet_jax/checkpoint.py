@@ -297,10 +297,7 @@ class Checkpoints:
   def _write_error(self, step: int | None, error: BaseException) -> CheckpointWriteError:
     """A clear error for a failed write of ``step``, after removing its partial directory."""
     if step is not None and jax.process_index() == 0 and os.path.isdir(self.directory):
-      # The half-written temporary directory only takes space (it never restores).
-      for name in os.listdir(self.directory):
-        if name.startswith(f'{step}{_TMP_MARK}'):
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      self._remove_partial(step)
     try:
       self.manager.reload()
       latest = self.latest_step()
@@ -313,6 +310,28 @@ class Checkpoints:
         f'Could not write {which} in {self.directory} '
         f'({_failure_reason(error)}); {intact}. Free disk space or move the workdir to a disk '
         'with room, then run the same command to resume.')
+
+  def _remove_partial(self, step: int, quiet_s: float = 0.1, timeout_s: float = 5.0) -> None:
+    """Removes the half-written temporary directory of ``step`` (it never restores).
+
+    The first failed item ends Orbax's wait while its other writer threads may still add files
+    for a moment, and a file added during the removal leaves the directory behind (seen once in
+    CI): removed until it has stayed gone for ``quiet_s``, for at most ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    gone_since = None
+    while time.monotonic() < deadline:
+      partial = [name for name in os.listdir(self.directory)
+                 if name.startswith(f'{step}{_TMP_MARK}')]
+      for name in partial:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      if partial:
+        gone_since = None
+      elif gone_since is None:
+        gone_since = time.monotonic()
+      elif time.monotonic() - gone_since >= quiet_s:
+        return
+      time.sleep(0.02)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """(state, meta) of ``step``; arrays land with ``abstract_state``'s shardings."""

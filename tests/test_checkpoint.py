@@ -372,3 +372,41 @@ def test_abandoned_reads_of_a_failed_restore_are_not_reported_one_by_one(monkeyp
   assert not reported
   sys.unraisablehook(_Report(RuntimeError('something else'), None))
   assert [str(r.exc_value) for r in reported] == ['something else']  # others still reported
+
+
+def test_a_failed_writes_directory_is_removed_while_a_writer_still_adds_files(tmp_path):
+  """After a failed write Orbax's other writer threads may add files for a moment; a single
+  removal pass then leaves the directory behind. The partial directory of the failed step goes,
+  however long they write (here 0.3 s); other steps' directories stay. (No CheckpointManager:
+  Orbax's own clean-up of temporary directories would hide what this one does.)"""
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  ckpts = types.SimpleNamespace(directory=str(tmp_path))
+  partial = os.path.join(ckpts.directory, '10.orbax-checkpoint-tmp-123')
+  others = [os.path.join(ckpts.directory, name) for name in ('8', '100.orbax-checkpoint-tmp-4')]
+  os.makedirs(os.path.join(partial, 'state'))
+  for path in others:
+    os.makedirs(path)
+  stop_at = time.monotonic() + 0.3
+
+  def late_writer():
+    i = 0
+    while time.monotonic() < stop_at:
+      try:
+        os.makedirs(os.path.join(partial, 'meta'), exist_ok=True)
+        with open(os.path.join(partial, 'meta', f'{i}.json'), 'w', encoding='utf-8') as f:
+          f.write('{}')
+      except FileNotFoundError:  # removed between the two calls: write again
+        pass
+      i += 1
+      time.sleep(0.001)
+
+  writer = threading.Thread(target=late_writer)
+  writer.start()
+  try:
+    checkpoint_lib.Checkpoints._remove_partial(ckpts, 10)  # pylint: disable=protected-access
+  finally:
+    writer.join()
+  assert not os.path.exists(partial)
+  assert all(os.path.isdir(path) for path in others)
