@@ -28,6 +28,7 @@ from jax import lax
 
 from alexnet_jax import device_augment
 from alexnet_jax import model as model_lib
+from alexnet_jax import unrolled_threefry
 
 
 @flax.struct.dataclass
@@ -47,6 +48,18 @@ def create_train_state(rng: jax.Array, model: model_lib.AlexNet,
   params = model.init(init_rng, jnp.zeros(image_shape, jnp.float32), train=False)['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=state_rng)
+
+
+def jit_create_train_state(model: model_lib.AlexNet, tx: optax.GradientTransformation,
+                           image_shape=(1, 227, 227, 3), **jit_kwargs):
+  """:func:`create_train_state` for ``model`` and ``tx``, jitted: ``rng -> TrainState``.
+
+  Jitted, init's forward pass is dead code (eager, it runs op by op, each op compiled on its
+  own); compiled with :mod:`alexnet_jax.unrolled_threefry`'s hash (the same bits, faster to
+  compile). ``jit_kwargs`` go to ``jax.jit`` (``out_shardings``).
+  """
+  return unrolled_threefry.jit(
+      lambda rng: create_train_state(rng, model, tx, image_shape), **jit_kwargs)
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ from alexnet_jax import resume
 from alexnet_jax import run_info
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import stopping
-from alexnet_jax import unrolled_threefry
 
 
 class TrainingError(RuntimeError):
@@ -183,11 +182,12 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
           flush=True)
   model = build_model(config, num_classes)
   crop = config.data.crop_size
-  create = lambda rng: steps_lib.create_train_state(rng, model, tx, (1, crop, crop, 3))
-  abstract_state = jax.eval_shape(create, jax.random.PRNGKey(0))
+  image_shape = (1, crop, crop, 3)
+  abstract_state = jax.eval_shape(
+      lambda rng: steps_lib.create_train_state(rng, model, tx, image_shape), jax.random.PRNGKey(0))
   steps = layout_lib.make_steps(model, tx, mesh, layout, abstract_state)
-  # The init's random draws compile 4-6x faster with the unrolled Threefry, to the same bits.
-  init_state = unrolled_threefry.jit(create, out_shardings=steps.state_sharding)
+  init_state = steps_lib.jit_create_train_state(model, tx, image_shape,
+                                                out_shardings=steps.state_sharding)
   return Setup(config, info, model, tx, mesh, layout, steps, abstract_state, init_state)
 
 
@@ -268,7 +268,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns the last evaluation's metrics (and 'step', 'stopped_by' when a signal stopped it).
   """
   workdir = prepare_workdir(workdir)
-  is_main = jax.process_index() == 0
   # Installed first: a preemption while the job starts up still ends it cleanly.
   with stopping.StopRequest() as stop:
     config, imported = resume.imported_weights(config, workdir, start_over)

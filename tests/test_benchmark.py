@@ -289,7 +289,6 @@ def test_no_donation_configuration_keeps_the_state():
   import jax.numpy as jnp
   from alexnet_jax import optim
   from alexnet_jax import steps as steps_lib
-  from alexnet_jax import unrolled_threefry
 
   config = configs.parse_config('jax_no_donation')
   assert config.donate is False and configs.PRESETS['jax_default'].donate is True
@@ -301,8 +300,7 @@ def test_no_donation_configuration_keeps_the_state():
   # and one compiled init for both states (eager, it runs op by op).
   shape = (1, 67, 67, 3)
   batch = {'image': jnp.ones(shape), 'label': jnp.zeros((1,), jnp.int32)}
-  new_state = unrolled_threefry.jit(
-      lambda key: steps_lib.create_train_state(key, model, tx, shape))
+  new_state = steps_lib.jit_create_train_state(model, tx, shape)
   for donate in (False, True):
     state = new_state(jax.random.key(0))
     step, _ = steps_lib.make_single_device_steps(model, tx, donate_state=donate)

@@ -16,7 +16,6 @@ from alexnet_jax import layout as layout_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import steps as steps_lib
-from alexnet_jax import unrolled_threefry
 
 
 def _tree(scale):
@@ -258,9 +257,7 @@ def test_checkpoint_saved_under_data_parallel_restores_under_towers(tmp_path):
                                 layout_lib.get_layout('towers'), abstract)
   towers = layout_lib.make_steps(model, tx, layout_lib.make_mesh(1, 2, jax.devices()[2:4]),
                                  layout_lib.get_layout('towers'), abstract)
-  # Jitted: eager, init runs the network op by op, each op compiled on its own.
-  new_state = unrolled_threefry.jit(
-      lambda r: steps_lib.create_train_state(r, model, tx, image_shape))
+  new_state = steps_lib.jit_create_train_state(model, tx, image_shape)
   state = layout_lib.place_state(new_state(jax.random.PRNGKey(0)), data2)
   state, _ = data2.train_step(state, layout_lib.place_batch(batches[0], data2))
   ckpts = checkpoint_lib.Checkpoints(str(tmp_path), keep=1, async_save=False)

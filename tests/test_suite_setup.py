@@ -67,10 +67,9 @@ def test_the_started_processes_keep_a_threads_big_allocations_mapped():
 # smallest input the network takes; prints a hash of every resulting byte.
 _NUMBERS = textwrap.dedent("""
     import hashlib, jax, jax.numpy as jnp, numpy as np
-    from alexnet_jax import model as model_lib, optim, steps as steps_lib, unrolled_threefry
+    from alexnet_jax import model as model_lib, optim, steps as steps_lib
     model, tx = model_lib.AlexNet(num_classes=10), optim.sgd_with_injected_lr(0.01)
-    state = unrolled_threefry.jit(  # as the main job initialises
-        lambda k: steps_lib.create_train_state(k, model, tx, (1, 67, 67, 3)))(jax.random.PRNGKey(0))
+    state = steps_lib.jit_create_train_state(model, tx, (1, 67, 67, 3))(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     batch = {'image': jnp.asarray(rng.normal(0, 50, (4, 67, 67, 3)), jnp.float32),
              'label': jnp.asarray(rng.integers(0, 10, 4), jnp.int32)}

@@ -18,7 +18,6 @@ from alexnet_jax import layout as layout_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import steps as steps_lib
-from alexnet_jax import unrolled_threefry
 
 CROP, CLASSES, BATCH = 67, 10, 4
 TX = optim.sgd_with_injected_lr(0.01)
@@ -43,8 +42,8 @@ def _state(model):
   """
   key = repr(model)
   if key not in _HOST_STATES:
-    create = lambda k: steps_lib.create_train_state(k, model, TX, (1, CROP, CROP, 3))
-    _HOST_STATES[key] = jax.device_get(unrolled_threefry.jit(create)(jax.random.PRNGKey(0)))
+    create = steps_lib.jit_create_train_state(model, TX, (1, CROP, CROP, 3))
+    _HOST_STATES[key] = jax.device_get(create(jax.random.PRNGKey(0)))
   return jax.device_put(_HOST_STATES[key])
 
 

@@ -26,14 +26,14 @@ GPU_MODEL_OPTIONS = {'dtype': 'bfloat16', 'conv_impl': 'feature_group_count',
                      'conv1_impl': 'direct', 'lrn_grad': 'autodiff'}
 
 
-def embedded_batches(batch: int, data_dir: str | None, tiny: bool,
-                     crop_size: int = flops_lib.IMAGE_SIZE):
-  """(num_classes, an endless iterator of host batches of ``crop_size`` crops) from the
-  project's input pipeline."""
+def embedded_batches(batch: int, data_dir: str | None, tiny: bool, crop_size: int | None = None):
+  """(num_classes, an endless iterator of host batches) from the project's input pipeline;
+  crops of ``crop_size`` (default: the data config's)."""
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config = input_pipeline.default_data_config()
   config.data_dir = data_dir
-  config.crop_size = crop_size
+  if crop_size is not None:
+    config.crop_size = crop_size
   if tiny:
     config.name = 'alexnet_jax_shapes/tiny'
   info = input_pipeline.get_dataset_info(config)  # Prepares the embedded dataset once.

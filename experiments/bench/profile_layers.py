@@ -50,11 +50,8 @@ def _sgd_block(model):
   import optax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
   from alexnet_jax import steps  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import unrolled_threefry  # pylint: disable=g-import-not-at-top
   tx = optim.sgd_with_injected_lr(0.01)
-  # Jitted (eager, init runs the forward pass op by op), with the init's fast-compiling hash.
-  state = unrolled_threefry.jit(lambda key: steps.create_train_state(key, model, tx))(
-      jax.random.key(0))
+  state = steps.jit_create_train_state(model, tx)(jax.random.key(0))
   grads = jax.tree_util.tree_map(lambda p: p * 1e-3, state.params)
 
   def update(params, opt_state, grads):
